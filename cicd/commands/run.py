@@ -1,0 +1,88 @@
+"""``cicd run FLOW``: run a pipeline locally and report like a CI job.
+
+Exit codes: 0 the pipeline passed, 1 it failed, 2 bad input (unknown repo or
+ref, invalid configuration) with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cicd.errors import BadInput
+from cicd.results import PipelineFailed
+
+EXIT_PASSED = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _flows() -> dict[str, Callable[..., dict[str, Any]]]:
+    # Imported lazily: importing the flows imports Prefect (about a second).
+    from flows.pr_validation import pr_validation
+
+    return {"pr-validation": pr_validation}
+
+
+FLOW_NAMES = ("pr-validation",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("flow", choices=FLOW_NAMES, help="the pipeline to run")
+    parser.add_argument(
+        "--repo",
+        help="path or URL of the target git repository (default: the embedded sample project)",
+    )
+    parser.add_argument(
+        "--ref", default="HEAD", help="branch, tag or commit to run on (default: HEAD)"
+    )
+    parser.add_argument("--base", help="base ref of the change, for change detection")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object with the results"
+    )
+
+
+def _print_human(report: dict[str, Any]) -> None:
+    print(
+        f"{report['flow']}: {report['state']} in {report['duration']:.1f}s "
+        f"({report.get('repo')}@{report.get('ref')} {str(report.get('commit', ''))[:12]})"
+    )
+    for job in report["jobs"]:
+        counts = ""
+        if "passed" in job:
+            counts = f"  {job['passed']} passed, {job['failed']} failed, {job['skipped']} skipped"
+        if "coverage_percent" in job:
+            counts += f", coverage {job['coverage_percent']}%"
+        reason = f"  ({job['reason']})" if job.get("reason") else ""
+        print(f"  {job['name']:<14} {job['state']:<10} {job['duration']:7.1f}s{counts}{reason}")
+        for failure in job.get("failures", []):
+            print(f"      FAILED {failure['name']}: {failure['message']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = args.repo
+    if repo is None:
+        from cicd.sample import default_sample_repo
+
+        repo = str(default_sample_repo())
+    flow = _flows()[args.flow]
+    started = time.monotonic()
+    try:
+        report = flow(repo=repo, ref=args.ref, base=args.base)
+        code = EXIT_PASSED
+    except PipelineFailed as failed:
+        report = failed.report.to_json()
+        code = EXIT_FAILED
+    except BadInput as exc:
+        print(f"cicd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    report = {**report, "flow": args.flow, "duration": round(time.monotonic() - started, 3)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_human(report)
+    return code

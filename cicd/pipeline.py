@@ -1,0 +1,113 @@
+"""What every flow does around its jobs: a run directory, cleanup that
+survives failure and cancellation, collecting job results, and the gate.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cicd import command, paths
+from cicd.config import PipelineConfig, SuiteConfig
+from cicd.results import JobFailed, JobResult, JobState, PipelineFailed, PipelineReport
+
+
+@dataclass
+class PipelineRun:
+    flow: str
+    run_id: str
+    directory: Path
+    started: float = field(default_factory=time.monotonic)
+    workspaces: list[Path] = field(default_factory=list)
+
+    def log(self, job: str) -> Path:
+        return self.directory / "logs" / f"{job}.log"
+
+    @property
+    def reports(self) -> Path:
+        path = self.directory / "reports"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _flow_run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.id
+    except Exception:
+        run_id = None
+    return str(run_id) if run_id else uuid.uuid4().hex
+
+
+@contextmanager
+def pipeline_run(flow: str) -> Iterator[PipelineRun]:
+    """Set up a run; on any exit (also cancellation) kill what it started and
+    delete its workspaces. Reports and logs stay in the run directory."""
+    run_id = _flow_run_id()
+    directory = paths.runs() / f"{flow}-{run_id}"
+    directory.mkdir(parents=True, exist_ok=True)
+    run = PipelineRun(flow, run_id, directory)
+    try:
+        yield run
+    finally:
+        # Prefect's cancellation kills the flow's process group; the jobs'
+        # commands run in groups of their own and must be killed here.
+        command.kill_all()
+        for workspace in run.workspaces:
+            if workspace.is_relative_to(paths.workspaces()):
+                shutil.rmtree(workspace, ignore_errors=True)
+
+
+def job_result(name: str, future: Any) -> JobResult:
+    """The result of a submitted job task, whatever state it ended in."""
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        result = future.result()
+        if state.name == "Cached":
+            result = replace(result, state=JobState.CACHED, reason="served from the Prefect cache")
+        return result  # type: ignore[no-any-return]
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, JobFailed):
+        return outcome.result
+    message = str(outcome) if isinstance(outcome, BaseException) else (state.message or state.name)
+    return JobResult(
+        name=name, state=JobState.FAILED, duration=0.0, reason=f"{state.name}: {message}"
+    )
+
+
+def collect(futures: Iterable[tuple[str, Any]]) -> tuple[JobResult, ...]:
+    return tuple(job_result(name, future) for name, future in futures)
+
+
+def finish(report: PipelineReport) -> dict[str, Any]:
+    """Publish the summary artifacts, then gate: raise when any job failed."""
+    from tasks.reports import publish_report
+
+    publish_report(report)
+    if not report.passed:
+        raise PipelineFailed(report)
+    return report.to_json()
+
+
+def tool_packages(config: PipelineConfig, suites: Iterable[SuiteConfig] = ()) -> list[str]:
+    """What cicd-flows itself needs in the target's environment to run the jobs."""
+    suites = list(suites) or list(config.tests.values())
+    packages = sorted(config.quality.tools())
+    if suites:
+        packages.append("pytest")
+    if any(suite.coverage for suite in suites):
+        packages.append("pytest-cov")
+    if config.benchmarks is not None:
+        packages.append("pytest-benchmark")
+    return packages

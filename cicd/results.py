@@ -1,0 +1,152 @@
+"""What a pipeline produces: per-job results and the run's report.
+
+Plain dataclasses, so the logic that builds them is testable without Prefect
+and the CLI can print them as JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cicd.errors import CicdError
+
+
+class JobState(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    CACHED = "cached"
+
+    @property
+    def ok(self) -> bool:
+        return self in (JobState.PASSED, JobState.SKIPPED, JobState.CACHED)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    command: str
+    returncode: int
+    duration: float
+    timed_out: bool = False
+    output_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+@dataclass(frozen=True)
+class TestFailure:
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TestCounts:
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    failures: tuple[TestFailure, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.errors + self.skipped
+
+
+@dataclass(frozen=True)
+class JobResult:
+    name: str
+    state: JobState
+    duration: float
+    steps: tuple[StepResult, ...] = ()
+    tests: TestCounts | None = None
+    coverage_percent: float | None = None
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "state": self.state.value,
+            "duration": round(self.duration, 3),
+        }
+        if self.reason:
+            data["reason"] = self.reason
+        if self.tests is not None:
+            data.update(
+                passed=self.tests.passed,
+                failed=self.tests.failed + self.tests.errors,
+                skipped=self.tests.skipped,
+                failures=[asdict(f) for f in self.tests.failures],
+            )
+        if self.coverage_percent is not None:
+            data["coverage_percent"] = round(self.coverage_percent, 2)
+        if self.steps:
+            data["steps"] = [
+                {"name": s.name, "returncode": s.returncode, "duration": round(s.duration, 3)}
+                for s in self.steps
+            ]
+        if self.details:
+            data["details"] = self.details
+        return data
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    flow: str
+    repo: str
+    ref: str
+    commit: str
+    jobs: tuple[JobResult, ...]
+    duration: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Markdown sections appended to the summary (benchmarks, LLM usage, ...).
+    sections: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return all(job.state.ok for job in self.jobs)
+
+    @property
+    def state(self) -> str:
+        return "passed" if self.passed else "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow,
+            "state": self.state,
+            "repo": self.repo,
+            "ref": self.ref,
+            "commit": self.commit,
+            "duration": round(self.duration, 3),
+            "jobs": [job.to_json() for job in self.jobs],
+            **self.extra,
+        }
+
+
+class JobFailed(CicdError):
+    """Raised by a job task so that Prefect marks that task Failed; carries the result."""
+
+    def __init__(self, result: JobResult) -> None:
+        self.result = result
+        super().__init__(f"job {result.name} {result.state.value}: {result.reason}")
+
+    def __reduce__(self) -> tuple[type[JobFailed], tuple[JobResult]]:
+        return (type(self), (self.result,))
+
+
+class PipelineFailed(CicdError):
+    """Raised by a flow whose gate failed; carries the whole report."""
+
+    def __init__(self, report: PipelineReport) -> None:
+        self.report = report
+        failed = [job.name for job in report.jobs if not job.state.ok]
+        super().__init__(f"{report.flow} failed: {', '.join(failed)}")
+
+    def __reduce__(self) -> tuple[type[PipelineFailed], tuple[PipelineReport]]:
+        return (type(self), (self.report,))

@@ -1,0 +1,1 @@
+"""The pipelines, one module each, reading like the workflow it replaces."""

@@ -1,0 +1,174 @@
+"""The target project's virtualenv, built with uv and reused across runs.
+
+An environment holds the target's *dependencies* (``pyproject.toml`` with its
+extras, ``requirements*.txt``, extra packages) and is keyed by the hash of
+those inputs: while they are unchanged, every run reuses it. It is never
+modified after it is marked ready, so concurrent runs can share it; the
+commit under test is put on ``PYTHONPATH`` per run instead of being installed
+into the shared environment (an editable install would point at a workspace
+that is deleted when its run ends).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from cicd import command, paths
+from cicd.config import EnvironmentConfig
+from cicd.errors import BadInput, InfrastructureError, retry_on_infrastructure
+from cicd.locking import file_lock
+
+READY_MARKER = ".cicd-ready"
+# Bump when the way environments are built changes, so old ones are not reused.
+LAYOUT_VERSION = "1"
+# Variables of ours that must not leak into the target's processes.
+_PRIVATE_PREFIXES = ("PREFECT_", "CICD_", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "TWINE_")
+
+
+class InterpreterMissing(BadInput):
+    """No interpreter of the requested Python version is installed on this worker."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    path: Path
+    python_version: str
+    key: str
+    reused: bool
+    source_paths: tuple[Path, ...] = ()
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    def for_workspace(self, workspace: Path) -> Environment:
+        """The same environment with ``workspace``'s code importable."""
+        src = workspace / "src"
+        root = src if src.is_dir() else workspace
+        return Environment(self.path, self.python_version, self.key, self.reused, (root,))
+
+    def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment variables the target's commands run with."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_PREFIXES)}
+        env["VIRTUAL_ENV"] = str(self.path)
+        env["PATH"] = os.pathsep.join([str(self.path / "bin"), env.get("PATH", "")])
+        if self.source_paths:
+            env["PYTHONPATH"] = os.pathsep.join(str(p) for p in self.source_paths)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.update(extra or {})
+        return env
+
+
+def _dependency_files(workspace: Path) -> list[Path]:
+    candidates = [workspace / "pyproject.toml", workspace / "setup.py", workspace / "setup.cfg"]
+    candidates += sorted(workspace.glob("requirements*.txt"))
+    return [p for p in candidates if p.is_file()]
+
+
+def environment_key(workspace: Path, config: EnvironmentConfig, packages: list[str]) -> str:
+    """The hash of everything that decides what the environment contains."""
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            {
+                "layout": LAYOUT_VERSION,
+                "python": config.python,
+                "extras": sorted(config.extras),
+                "packages": sorted({*config.packages, *packages}),
+                "platform": sys.platform,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    for path in _dependency_files(workspace):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _install_argv(
+    python: Path, workspace: Path, config: EnvironmentConfig, packages: list[str]
+) -> list[str]:
+    argv = ["uv", "pip", "install", "--python", str(python)]
+    if (workspace / "pyproject.toml").is_file():
+        argv += ["-r", str(workspace / "pyproject.toml")]
+        for extra in config.extras:
+            argv += ["--extra", extra]
+    elif config.extras:
+        raise BadInput(f"environment.extras {config.extras} needs a pyproject.toml in the target")
+    for requirements in sorted(workspace.glob("requirements*.txt")):
+        argv += ["-r", str(requirements)]
+    argv += sorted({*config.packages, *packages})
+    return argv
+
+
+def _uv() -> str:
+    # uv is a dependency of cicd-flows; prefer the one next to our interpreter.
+    beside = Path(sys.executable).parent / "uv"
+    return str(beside) if beside.is_file() else "uv"
+
+
+def ensure_environment(
+    workspace: Path,
+    config: EnvironmentConfig,
+    packages: list[str] | None = None,
+    log_path: Path | None = None,
+) -> Environment:
+    """Reuse the environment for these dependency inputs, or build it."""
+    packages = packages or []
+    key = environment_key(workspace, config, packages)
+    path = paths.environments() / f"py{config.python}-{key[:16]}"
+    if (path / READY_MARKER).is_file():
+        return Environment(path, config.python, key, reused=True).for_workspace(workspace)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if (path / READY_MARKER).is_file():
+            return Environment(path, config.python, key, reused=True).for_workspace(workspace)
+        # A half-built environment from a crashed run is never trusted.
+        shutil.rmtree(path, ignore_errors=True)
+        uv = _uv()
+        created = command.run(
+            [
+                uv,
+                "venv",
+                "--quiet",
+                "--python",
+                config.python,
+                "--python-preference",
+                "only-system",
+                str(path),
+            ],
+            timeout=config.timeout,
+            log_path=log_path,
+        )
+        if not created.ok:
+            shutil.rmtree(path, ignore_errors=True)
+            if "no interpreter found" in created.output.lower():
+                raise InterpreterMissing(f"Python {config.python} is not installed on this worker")
+            raise InfrastructureError(f"creating the environment failed: {created.tail(10)}")
+        argv = _install_argv(path / "bin" / "python", workspace, config, packages)
+        argv[0] = uv
+        installed = command.run(argv, cwd=workspace, timeout=config.timeout, log_path=log_path)
+        if not installed.ok:
+            shutil.rmtree(path, ignore_errors=True)
+            raise InfrastructureError(f"installing the dependencies failed: {installed.tail(15)}")
+        (path / READY_MARKER).write_text(key + "\n")
+    return Environment(path, config.python, key, reused=False).for_workspace(workspace)
+
+
+@task(
+    name="environment",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_infrastructure,
+)
+def environment_task(
+    workspace: Path, config: EnvironmentConfig, packages: list[str], log_path: Path | None = None
+) -> Environment:
+    return ensure_environment(workspace, config, packages, log_path)

@@ -1,0 +1,77 @@
+"""What every job shares: steps run against one deadline, and the rule that
+turns a failed job into a failed Prefect task (so each job keeps its own state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cicd import command
+from cicd.results import JobFailed, JobResult, JobState, StepResult
+
+
+class Deadline:
+    """A job's time budget, shared by its steps."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+
+def run_step(
+    name: str,
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    deadline: Deadline,
+    log_path: Path | None = None,
+) -> StepResult:
+    if deadline.expired:
+        return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
+    try:
+        result = command.run(
+            argv, cwd=cwd, env=env, timeout=deadline.remaining(), log_path=log_path
+        )
+    except FileNotFoundError as exc:
+        return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
+    return StepResult(
+        name=name,
+        command=result.display,
+        returncode=result.returncode,
+        duration=result.duration,
+        timed_out=result.timed_out,
+        output_tail=result.tail(40),
+    )
+
+
+def state_of(steps: Sequence[StepResult]) -> JobState:
+    if any(step.timed_out for step in steps):
+        return JobState.TIMED_OUT
+    if any(not step.ok for step in steps):
+        return JobState.FAILED
+    return JobState.PASSED
+
+
+def failure_reason(steps: Sequence[StepResult], deadline: Deadline) -> str:
+    timed_out = [s.name for s in steps if s.timed_out]
+    if timed_out:
+        return f"timed out after {deadline.seconds:.0f}s in {timed_out[0]}; process group killed"
+    failed = [f"{s.name} (exit {s.returncode})" for s in steps if not s.ok]
+    return ", ".join(failed)
+
+
+def raise_unless_ok(result: JobResult) -> JobResult:
+    """Return a passing result; raise ``JobFailed`` so Prefect records the failure."""
+    if not result.state.ok:
+        raise JobFailed(result)
+    return result

@@ -1,0 +1,112 @@
+"""The run summary: a markdown report and a table, published as Prefect artifacts.
+
+Rendering is pure (tested without Prefect); ``publish_report`` adds the artifacts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cicd.results import JobResult, JobState, PipelineReport
+
+_ICONS = {
+    JobState.PASSED: "✅",
+    JobState.FAILED: "❌",
+    JobState.TIMED_OUT: "⏱️",
+    JobState.SKIPPED: "⏭️",
+    JobState.CACHED: "♻️",
+}
+
+
+def _counts(job: JobResult) -> tuple[str, str, str]:
+    if job.tests is None:
+        return ("", "", "")
+    return (str(job.tests.passed), str(job.tests.failed + job.tests.errors), str(job.tests.skipped))
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def job_rows(report: PipelineReport) -> list[dict[str, Any]]:
+    rows = []
+    for job in report.jobs:
+        passed, failed, skipped = _counts(job)
+        rows.append(
+            {
+                "job": job.name,
+                "state": job.state.value,
+                "duration_s": round(job.duration, 2),
+                "passed": passed,
+                "failed": failed,
+                "skipped": skipped,
+                "coverage_percent": (
+                    "" if job.coverage_percent is None else round(job.coverage_percent, 1)
+                ),
+                "reason": job.reason,
+            }
+        )
+    return rows
+
+
+def render_summary(report: PipelineReport) -> str:
+    verdict = "passed ✅" if report.passed else "failed ❌"
+    lines = [
+        f"# {report.flow}: {verdict}",
+        "",
+        f"**Repository** `{report.repo}` at `{report.ref}` (`{report.commit[:12]}`), "
+        f"{report.duration:.1f}s",
+        "",
+        "| Job | State | Duration | Passed | Failed | Skipped | Coverage | Note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row, job in zip(job_rows(report), report.jobs, strict=True):
+        coverage = f"{row['coverage_percent']}%" if row["coverage_percent"] != "" else ""
+        lines.append(
+            f"| {job.name} | {_ICONS[job.state]} {job.state.value} | {job.duration:.1f}s "
+            f"| {row['passed']} | {row['failed']} | {row['skipped']} | {coverage} "
+            f"| {_escape(job.reason)} |"
+        )
+    failures = [(job, f) for job in report.jobs if job.tests for f in job.tests.failures]
+    if failures:
+        lines += ["", "## Failing tests", ""]
+        lines += [f"- **{job.name}** `{f.name}`: {_escape(f.message)}" for job, f in failures]
+    failed_steps = [(job, s) for job in report.jobs for s in job.steps if not s.ok]
+    if failed_steps:
+        lines += ["", "## Failed steps"]
+        for job, step in failed_steps:
+            lines += [
+                "",
+                f"### {job.name} / {step.name} (exit {step.returncode}"
+                f"{', timed out' if step.timed_out else ''})",
+                "",
+                f"`{step.command}`",
+                "",
+                "```",
+                step.output_tail[-4000:],
+                "```",
+            ]
+    for section in report.sections:
+        lines += ["", section.rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def artifact_key(flow: str, kind: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    raw = f"{flow}-{kind}".lower()
+    return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in raw)
+
+
+def publish_report(report: PipelineReport) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(
+        key=artifact_key(report.flow, "summary"),
+        markdown=render_summary(report),
+        description=f"{report.flow} summary for {report.repo}@{report.ref}",
+    )
+    create_table_artifact(
+        key=artifact_key(report.flow, "jobs"),
+        table=job_rows(report),
+        description=f"{report.flow} jobs",
+    )

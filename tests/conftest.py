@@ -1,0 +1,107 @@
+"""Test-session set-up: isolated state, one real Prefect server, sample repos.
+
+Prefect reads its settings when it is imported, so the environment is set at
+import time of this module, before any test module imports Prefect. Result
+storage is isolated too (the test harness alone would isolate only the
+database; see shared notes, pitfall 4).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="cicd-tests-"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_PREFECT_PORT = free_port()
+os.environ.update(
+    {
+        "CICD_HOME": str(_SESSION_DIR / "cicd-home"),
+        "PREFECT_HOME": str(_SESSION_DIR / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{_PREFECT_PORT}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOCAL_STORAGE_PATH": str(_SESSION_DIR / "prefect-storage"),
+    }
+)
+os.environ.pop("PREFECT_PROFILE", None)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_for_http(url: str, deadline: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    import urllib.request
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {deadline}s")
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    import signal
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server (SQLite) for the whole session; stopped by PID at the end."""
+    log = (_SESSION_DIR / "prefect-server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(_PREFECT_PORT),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{_PREFECT_PORT}/api/health", 180, proc)
+        yield os.environ["PREFECT_API_URL"]
+    finally:
+        stop_process_group(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def sample_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.sample_repos import build_sample_repos
+
+    return build_sample_repos(tmp_path_factory.mktemp("repos"))
