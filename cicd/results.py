@@ -68,6 +68,8 @@ class JobResult:
     coverage_percent: float | None = None
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # A markdown section for the run summary (benchmark comparison, LLM usage).
+    section: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -75,15 +75,20 @@ import math
 import os
 import platform
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from prefect import task
+
 from cicd.command import run
 from cicd.config import BenchmarkConfig
 from cicd.errors import BadInput, CicdError, ConfigError, InfrastructureError
+from cicd.results import JobResult, JobState
+from tasks.jobs import raise_unless_ok
 
 BASELINE_VERSION = 1
 DEFAULT_ALPHA = 0.05
@@ -265,8 +270,10 @@ def load_baseline(path: Path | str) -> Baseline:
         )
     data = _read_json(path)
     label = str(path)
-    if isinstance(data, Mapping) and "machine_info" in data and isinstance(
-        data.get("benchmarks"), list
+    if (
+        isinstance(data, Mapping)
+        and "machine_info" in data
+        and isinstance(data.get("benchmarks"), list)
     ):
         # A raw pytest-benchmark JSON (what seed 003 stored): a one-round baseline.
         stats = parse_benchmark_json(data) if data["benchmarks"] else {}
@@ -282,9 +289,7 @@ def load_baseline(path: Path | str) -> Baseline:
         raise ConfigError(label, [f"expected a JSON object, got {type(data).__name__}"])
     version = data.get("version")
     if version != BASELINE_VERSION:
-        raise ConfigError(
-            label, [f"field 'version': expected {BASELINE_VERSION}, got {version!r}"]
-        )
+        raise ConfigError(label, [f"field 'version': expected {BASELINE_VERSION}, got {version!r}"])
     entries = data.get("benchmarks")
     if not isinstance(entries, Mapping) or not entries:
         raise ConfigError(label, ["field 'benchmarks': expected a non-empty object"])
@@ -495,8 +500,13 @@ def compare(
         if key not in current:
             rows.append(
                 ComparisonRow(
-                    key=key, name=name, verdict="missing", baseline=baseline.figure(key),
-                    current=None, change=None, p_value=None,
+                    key=key,
+                    name=name,
+                    verdict="missing",
+                    baseline=baseline.figure(key),
+                    current=None,
+                    change=None,
+                    p_value=None,
                     rule="in the baseline, not in this run",
                     baseline_rounds=len(baseline.benchmarks[key]),
                 )
@@ -504,8 +514,14 @@ def compare(
         elif key not in baseline.benchmarks:
             rows.append(
                 ComparisonRow(
-                    key=key, name=name, verdict="new", baseline=None, current=min(current[key]),
-                    change=None, p_value=None, rule="not in the baseline",
+                    key=key,
+                    name=name,
+                    verdict="new",
+                    baseline=None,
+                    current=min(current[key]),
+                    change=None,
+                    p_value=None,
+                    rule="not in the baseline",
                     current_rounds=len(current[key]),
                 )
             )
@@ -597,8 +613,13 @@ def run_benchmarks(
         json_path.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
         argv = [
-            str(python), "-m", "pytest", *paths,
-            "--benchmark-only", f"--benchmark-json={json_path}", "-q",
+            str(python),
+            "-m",
+            "pytest",
+            *paths,
+            "--benchmark-only",
+            f"--benchmark-json={json_path}",
+            "-q",
         ]
         if remaining <= 0:
             raise BenchmarkError(
@@ -652,3 +673,63 @@ def check_benchmarks(
         python, workdir, config.paths, config.rounds, env, out_dir, config.timeout
     )
     return compare(baseline, rounds, config.threshold, alpha)
+
+
+# --- the job -----------------------------------------------------------------------
+
+JOB_NAME = "performance-baseline"
+
+
+def run_benchmark_job(
+    python: Path | str,
+    workdir: Path,
+    config: BenchmarkConfig,
+    env: Mapping[str, str] | None,
+    out_dir: Path,
+) -> JobResult:
+    """The seed's ``performance-baseline`` job, with its comparison as the summary section."""
+    started = time.monotonic()
+    try:
+        comparison = check_benchmarks(python, workdir, config, env, out_dir)
+    except (CicdError, OSError) as exc:
+        # A missing or corrupt baseline is an error of the stage, never a pass.
+        return JobResult(
+            JOB_NAME,
+            JobState.FAILED,
+            time.monotonic() - started,
+            reason=str(exc),
+            section=f"## Performance baseline\n\n❌ {exc}",
+        )
+    regressions = comparison.regressions
+    reason = ""
+    if regressions:
+        reason = "regression: " + ", ".join(
+            f"{row.name} {format_seconds(row.baseline)} -> {format_seconds(row.current)}"
+            for row in regressions
+        )
+    rows = [
+        {
+            "name": row.name,
+            "verdict": row.verdict,
+            "baseline": row.baseline,
+            "current": row.current,
+            "change": row.change,
+            "p_value": row.p_value,
+        }
+        for row in comparison.rows
+    ]
+    return JobResult(
+        JOB_NAME,
+        JobState.FAILED if regressions else JobState.PASSED,
+        time.monotonic() - started,
+        reason=reason,
+        details={"benchmarks": rows},
+        section=render_comparison_markdown(comparison),
+    )
+
+
+@task(name="performance-baseline")
+def benchmark_job(
+    python: Path, workdir: Path, config: BenchmarkConfig, env: dict[str, str], out_dir: Path
+) -> JobResult:
+    return raise_unless_ok(run_benchmark_job(python, workdir, config, env, out_dir))

@@ -323,7 +323,8 @@ def _period(report: WeeklyReport) -> str:
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    # A "|" in a repo address or model name would split the cell.
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
 
 
@@ -414,8 +415,8 @@ def render_markdown(report: WeeklyReport) -> str:
 def summary_text(report: WeeklyReport) -> str:
     """A few lines for the notification (Slack text)."""
     lines = [
-        f"LLM spend {_period(report)}: {format_usd(report.spent_usd)} "
-        f"({report.trend.describe()} vs the week before), {report.calls} calls in "
+        f"LLM spend {_period(report)}: {format_usd(report.spent_usd)}, "
+        f"{report.trend.describe()} vs the week before; {report.calls} calls in "
         f"{report.runs} runs; mock/replay would have cost {format_usd(report.would_cost_usd)}."
     ]
     spenders = [f for f in report.per_flow if f.spent_usd > 0][:3]

@@ -86,7 +86,7 @@ def render_summary(report: PipelineReport) -> str:
                 step.output_tail[-4000:],
                 "```",
             ]
-    for section in report.sections:
+    for section in (*(job.section for job in report.jobs if job.section), *report.sections):
         lines += ["", section.rstrip()]
     return "\n".join(lines) + "\n"
 

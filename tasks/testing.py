@@ -14,10 +14,10 @@ from pathlib import Path
 
 from prefect import task
 
-from cicd.config import ServiceConfig, SuiteConfig
+from cicd.config import EnvironmentConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, TestCounts, TestFailure
-from tasks.environments import Environment
+from tasks.environments import Environment, InterpreterMissing, ensure_environment
 from tasks.jobs import Deadline, failure_reason, raise_unless_ok, run_step, state_of
 
 # pytest's exit codes (pytest.ExitCode), named for the messages below.
@@ -31,7 +31,11 @@ class ReportError(CicdError):
 
 
 def pytest_argv(
-    python: Path, suite: SuiteConfig, junit_path: Path, coverage_path: Path | None
+    python: Path,
+    suite: SuiteConfig,
+    junit_path: Path,
+    coverage_path: Path | None,
+    coverage_html: Path | None = None,
 ) -> list[str]:
     argv = [
         str(python),
@@ -49,6 +53,8 @@ def pytest_argv(
     if coverage_path is not None:
         argv += [f"--cov={source}" for source in suite.coverage]
         argv += [f"--cov-report=json:{coverage_path}", "--cov-report=term"]
+        if coverage_html is not None:
+            argv.append(f"--cov-report=html:{coverage_html}")
     return argv + list(suite.args)
 
 
@@ -101,19 +107,21 @@ def run_suite(
     reports_dir: Path,
     extra_env: dict[str, str] | None = None,
     log_path: Path | None = None,
+    coverage_html: bool = False,
 ) -> JobResult:
     started = time.monotonic()
     deadline = Deadline(suite.timeout)
     reports_dir.mkdir(parents=True, exist_ok=True)
     junit_path = reports_dir / f"junit-{name}.xml"
     coverage_path = reports_dir / f"coverage-{name}.json" if suite.coverage else None
+    html_dir = reports_dir / f"coverage-html-{name}" if coverage_path and coverage_html else None
     for stale in (junit_path, coverage_path):
         if stale is not None:
             stale.unlink(missing_ok=True)
     environ = env.environ({**suite.env, **(extra_env or {})})
     step = run_step(
         "pytest",
-        pytest_argv(env.python, suite, junit_path, coverage_path),
+        pytest_argv(env.python, suite, junit_path, coverage_path, html_dir),
         cwd=workspace,
         env=environ,
         deadline=deadline,
@@ -133,6 +141,8 @@ def run_suite(
     details = {"junit": str(junit_path)}
     if coverage_path is not None:
         details["coverage"] = str(coverage_path)
+    if html_dir is not None and html_dir.is_dir():
+        details["coverage_html"] = str(html_dir / "index.html")
     return JobResult(
         name=name,
         state=state,
@@ -155,11 +165,30 @@ def test_job(
     reports_dir: Path,
     extra_env: dict[str, str] | None = None,
     log_path: Path | None = None,
+    coverage_html: bool = False,
 ) -> JobResult:
     """One test suite; its services start before it (healthy) and stop after it, always."""
+    return raise_unless_ok(
+        run_suite_with_services(
+            name, workspace, env, suite, services, reports_dir, extra_env, log_path, coverage_html
+        )
+    )
+
+
+def run_suite_with_services(
+    name: str,
+    workspace: Path,
+    env: Environment,
+    suite: SuiteConfig,
+    services: dict[str, ServiceConfig],
+    reports_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    coverage_html: bool = False,
+) -> JobResult:
     if not suite.services:
-        return raise_unless_ok(
-            run_suite(name, workspace, env, suite, reports_dir, extra_env, log_path)
+        return run_suite(
+            name, workspace, env, suite, reports_dir, extra_env, log_path, coverage_html
         )
     # Imported here: the service layer pulls in the Neo4j driver, which jobs
     # without services do not need.
@@ -169,7 +198,42 @@ def test_job(
         neo4j_slot(),
         running_services(services, suite.services, reports_dir / f"services-{name}") as service_env,
     ):
-        result = run_suite(
-            name, workspace, env, suite, reports_dir, {**service_env, **(extra_env or {})}, log_path
+        return run_suite(
+            name,
+            workspace,
+            env,
+            suite,
+            reports_dir,
+            {**service_env, **(extra_env or {})},
+            log_path,
+            coverage_html,
         )
-    return raise_unless_ok(result)
+
+
+@task(name="matrix")
+def matrix_job(
+    name: str,
+    workspace: Path,
+    env_config: EnvironmentConfig,
+    packages: list[str],
+    suite: SuiteConfig,
+    services: dict[str, ServiceConfig],
+    reports_dir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> JobResult:
+    """One matrix entry: its own environment on one Python version, then the suite.
+
+    A version whose interpreter this worker lacks is reported as skipped with
+    that reason, never silently dropped.
+    """
+    started = time.monotonic()
+    log_path = reports_dir.parent / "logs" / f"{name}.log"
+    try:
+        env = ensure_environment(workspace, env_config, packages, log_path)
+    except InterpreterMissing as exc:
+        return JobResult(name, JobState.SKIPPED, time.monotonic() - started, reason=str(exc))
+    return raise_unless_ok(
+        run_suite_with_services(
+            name, workspace, env, suite, services, reports_dir, extra_env, log_path
+        )
+    )

@@ -8,16 +8,15 @@ from cicd.sample import commit_all, create_sample_repo, git
 
 LINT_ERROR = "import os  # unused: ruff F401\n"
 
-FAILING_TEST = """
-from agentkit import Agent
+FAILING_TEST = """from agentkit import Agent
 
 
 def test_agent_knows_capitals() -> None:
-    assert Agent().process("What is the capital of France?").text == "Paris", "agent forgot Paris"
+    reply = Agent().process("What is the capital of France?")
+    assert reply.text == "Paris", "agent forgot Paris"
 """
 
-HANGING_TEST = """
-import os
+HANGING_TEST = """import os
 import subprocess
 import time
 
@@ -42,8 +41,9 @@ def build_sample_repos(root: Path) -> dict[str, Path]:
     repo = create_sample_repo(root / "agentkit")
 
     _branch(repo, "lint-error")
-    init = repo / "src" / "agentkit" / "tools.py"
-    init.write_text(LINT_ERROR + init.read_text())
+    tools = repo / "src" / "agentkit" / "tools.py"
+    future = "from __future__ import annotations\n"
+    tools.write_text(tools.read_text().replace(future, future + LINT_ERROR))
     commit_all(repo, "feat: add an unused import")
 
     _branch(repo, "failing-test")

@@ -18,14 +18,28 @@ from tasks.llm.fake_upstream import FakeUpstream
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
 
-def call(minutes: int, cost: float | None, *, would_cost: bool = False, model: str = "gpt-4o-mini",
-         status: str = "ok") -> CallRecord:
+def call(
+    minutes: int,
+    cost: float | None,
+    *,
+    would_cost: bool = False,
+    model: str = "gpt-4o-mini",
+    status: str = "ok",
+) -> CallRecord:
     return CallRecord(
-        timestamp=T0 + timedelta(minutes=minutes), mode="mock" if would_cost else "live",
-        model=model, prompt_tokens=100 + minutes, completion_tokens=20, latency_ms=12.5,
-        cost_usd=cost, would_cost=would_cost, status=status,  # type: ignore[arg-type]
-        http_status=200, source="mock" if would_cost else "upstream",
-        tokens_estimated=would_cost, request_key=f"key{minutes}",
+        timestamp=T0 + timedelta(minutes=minutes),
+        mode="mock" if would_cost else "live",
+        model=model,
+        prompt_tokens=100 + minutes,
+        completion_tokens=20,
+        latency_ms=12.5,
+        cost_usd=cost,
+        would_cost=would_cost,
+        status=status,  # type: ignore[arg-type]
+        http_status=200,
+        source="mock" if would_cost else "upstream",
+        tokens_estimated=would_cost,
+        request_key=f"key{minutes}",
     )
 
 
@@ -35,8 +49,15 @@ def store(tmp_path: Path) -> CostStore:
 
 
 def test_round_trip_of_runs_and_calls(store: CostStore, tmp_path: Path) -> None:
-    store.record_run("run-1", flow="nightly", repo="file:///repos/agentkit", ref="main",
-                     started_at=T0, budget_usd=2.0, llm_mode="live")
+    store.record_run(
+        "run-1",
+        flow="nightly",
+        repo="file:///repos/agentkit",
+        ref="main",
+        started_at=T0,
+        budget_usd=2.0,
+        llm_mode="live",
+    )
     calls = [
         call(1, 0.25),
         call(2, 0.125, status="error"),
@@ -53,8 +74,16 @@ def test_round_trip_of_runs_and_calls(store: CostStore, tmp_path: Path) -> None:
     assert again.calls_for("run-1")[0].timestamp.tzinfo is not None
 
     # Finishing the run updates its status and keeps the totals.
-    finished = again.record_run("run-1", flow="nightly", repo="file:///repos/agentkit", ref="main",
-                                started_at=T0, status="completed", budget_usd=2.0, llm_mode="live")
+    finished = again.record_run(
+        "run-1",
+        flow="nightly",
+        repo="file:///repos/agentkit",
+        ref="main",
+        started_at=T0,
+        status="completed",
+        budget_usd=2.0,
+        llm_mode="live",
+    )
     assert (finished.status, finished.total_usd, finished.budget_usd) == ("completed", 0.375, 2.0)
 
     # More calls later add to the totals.
@@ -68,12 +97,15 @@ def test_windows_are_half_open_and_joined_with_the_flow(store: CostStore) -> Non
     store.record_calls("b", [call(60, 0.3), call(90, 0.4)])
 
     window = store.calls_between(T0, T0 + timedelta(minutes=60))
-    assert [(s.run_id, s.flow, s.call.cost_usd) for s in window] == \
-        [("a", "integration", 0.1), ("a", "integration", 0.2)]
+    assert [(s.run_id, s.flow, s.call.cost_usd) for s in window] == [
+        ("a", "integration", 0.1),
+        ("a", "integration", 0.2),
+    ]
     # Aware datetimes in any zone mean the same instant.
     plus_one = timezone(timedelta(hours=1))
-    later = store.calls_between((T0 + timedelta(minutes=60)).astimezone(plus_one),
-                                T0 + timedelta(days=1))
+    later = store.calls_between(
+        (T0 + timedelta(minutes=60)).astimezone(plus_one), T0 + timedelta(days=1)
+    )
     assert [s.call.cost_usd for s in later] == [0.3, 0.4]
 
     assert [r.run_id for r in store.runs_between(T0, T0 + timedelta(hours=1))] == ["a"]
@@ -91,7 +123,9 @@ def test_unknown_runs_and_bad_urls_are_bad_input(store: CostStore) -> None:
     assert "user:***@db" in str(info.value)
 
 
-def test_default_url_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_url_follows_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CICD_COST_DB_URL", raising=False)
     monkeypatch.setenv("CICD_HOME", str(tmp_path / "home"))
     assert default_url() == f"sqlite:///{tmp_path / 'home' / 'costs.db'}"
@@ -125,16 +159,22 @@ def test_store_checks_a_run_against_its_budget(store: CostStore) -> None:
 
 
 def test_gateway_calls_land_in_the_store_with_the_same_totals(store: CostStore) -> None:
-    with FakeUpstream() as upstream, running_gateway(
-        "live", upstream_url=upstream.url, api_key="sk-real-key-for-the-store-test"
-    ) as gateway:
+    with (
+        FakeUpstream() as upstream,
+        running_gateway(
+            "live", upstream_url=upstream.url, api_key="sk-real-key-for-the-store-test"
+        ) as gateway,
+    ):
         import httpx
 
         for question in ("first question", "second question here"):
             response = httpx.post(
                 gateway.base_url + "/chat/completions",
-                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}],
-                      "stream": question.startswith("second")},
+                json={
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": question}],
+                    "stream": question.startswith("second"),
+                },
                 headers={"Authorization": f"Bearer {gateway.client_key}"},
             )
             assert response.status_code == 200

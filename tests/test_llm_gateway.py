@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionSystemMessageParam
 
 from cicd.config import LlmConfig
 from cicd.errors import BadInput, ConfigError
@@ -32,7 +33,8 @@ from tasks.llm.recordings import request_key
 from tasks.llm.redaction import SecretRedactor, install_redactor, installed_redactor, redact
 
 REAL_KEY = "sk-REAL-upstream-key-0123456789abcdef"
-SYSTEM = {"role": "system", "content": "You are a helpful agent."}  # 24 chars -> 6 + 4 tokens
+# 24 chars -> 6 + 4 tokens
+SYSTEM: ChatCompletionSystemMessageParam = {"role": "system", "content": "You are a helpful agent."}
 
 
 def usd(input_per_m: str, output_per_m: str, prompt: int, completion: int) -> float:
@@ -43,13 +45,18 @@ def usd(input_per_m: str, output_per_m: str, prompt: int, completion: int) -> fl
 @pytest.fixture
 def prices(tmp_path: Path) -> PriceTable:
     path = tmp_path / "prices.json"
-    path.write_text(json.dumps({
-        "source": "test", "as_of": "2026-01-01",
-        "models": {
-            "test-model": {"input": 1.0, "output": 2.0},
-            "gpt-4o-mini": {"input": 0.15, "output": 0.60},
-        },
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "source": "test",
+                "as_of": "2026-01-01",
+                "models": {
+                    "test-model": {"input": 1.0, "output": 2.0},
+                    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+                },
+            }
+        )
+    )
     return load_prices(path)
 
 
@@ -63,9 +70,13 @@ def fixtures_dir(tmp_path: Path) -> Path:
         '- regex: "(?i)^hello\\\\b"\n'
         '  reply: "Hello!"\n'
     )
-    (directory / "models.json").write_text(json.dumps([
-        {"match": "weather", "model": "gpt-4o-mini", "reply": "Sunny."},
-    ]))
+    (directory / "models.json").write_text(
+        json.dumps(
+            [
+                {"match": "weather", "model": "gpt-4o-mini", "reply": "Sunny."},
+            ]
+        )
+    )
     return directory
 
 
@@ -80,16 +91,22 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 def chat(gateway: Gateway, content: str, key: str | None = None, **extra: Any) -> httpx.Response:
-    body = {"model": extra.pop("model", "test-model"),
-            "messages": [SYSTEM, {"role": "user", "content": content}], **extra}
+    body = {
+        "model": extra.pop("model", "test-model"),
+        "messages": [SYSTEM, {"role": "user", "content": content}],
+        **extra,
+    }
     headers = {"Authorization": f"Bearer {key or gateway.client_key}"}
-    return httpx.post(gateway.base_url + "/chat/completions", json=body, headers=headers, timeout=10)
+    return httpx.post(
+        gateway.base_url + "/chat/completions", json=body, headers=headers, timeout=10
+    )
 
 
 def client(gateway: Gateway) -> openai.OpenAI:
     env = gateway.env()
-    return openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"],
-                         max_retries=0, timeout=10)
+    return openai.OpenAI(
+        base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], max_retries=0, timeout=10
+    )
 
 
 def sse_data(response: httpx.Response) -> list[str]:
@@ -119,7 +136,12 @@ def test_mock_answers_from_fixtures_with_estimated_tokens_and_would_cost(
     assert weather.json()["choices"][0]["message"]["content"] == "Sunny."
 
     first = calls[0]
-    assert (first.mode, first.source, first.status, first.http_status) == ("mock", "mock", "ok", 200)
+    assert (first.mode, first.source, first.status, first.http_status) == (
+        "mock",
+        "mock",
+        "ok",
+        200,
+    )
     assert (first.prompt_tokens, first.completion_tokens) == (19, 9)
     assert first.tokens_estimated and first.would_cost
     assert first.cost_usd == pytest.approx(usd("1", "2", 19, 9), rel=1e-12)
@@ -143,20 +165,25 @@ def test_mock_streams_with_the_openai_client_and_include_usage(
 ) -> None:
     with running_gateway("mock", fixtures_dir=fixtures_dir, prices=prices) as gateway:
         stream = client(gateway).chat.completions.create(
-            model="test-model", messages=[SYSTEM, {"role": "user", "content": "Who wrote Hamlet?"}],
-            stream=True, stream_options={"include_usage": True},
+            model="test-model",
+            messages=[SYSTEM, {"role": "user", "content": "Who wrote Hamlet?"}],
+            stream=True,
+            stream_options={"include_usage": True},
         )
         chunks = list(stream)
         calls = gateway.calls
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "William Shakespeare wrote Hamlet."
-    usage_chunks = [c for c in chunks if c.usage is not None]
-    assert len(usage_chunks) == 1 and not usage_chunks[0].choices
-    assert (usage_chunks[0].usage.prompt_tokens, usage_chunks[0].usage.completion_tokens) == (19, 9)
+    usages = [(c.usage, c.choices) for c in chunks if c.usage is not None]
+    assert [(u.prompt_tokens, u.completion_tokens, choices) for u, choices in usages] == [
+        (19, 9, [])
+    ]
     assert calls[0].stream and (calls[0].prompt_tokens, calls[0].completion_tokens) == (19, 9)
 
 
-def test_mock_stream_without_include_usage_sends_no_usage_but_still_counts(prices: PriceTable) -> None:
+def test_mock_stream_without_include_usage_sends_no_usage_but_still_counts(
+    prices: PriceTable,
+) -> None:
     with running_gateway("mock", prices=prices) as gateway:
         response = chat(gateway, "count me", stream=True)
         calls = gateway.calls
@@ -174,8 +201,9 @@ def test_mock_stream_without_include_usage_sends_no_usage_but_still_counts(price
 def test_live_forwards_with_the_real_key_and_prices_the_upstream_usage(
     upstream: FakeUpstream, prices: PriceTable
 ) -> None:
-    with running_gateway("live", upstream_url=upstream.url, api_key=REAL_KEY,
-                         prices=prices) as gateway:
+    with running_gateway(
+        "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
+    ) as gateway:
         response = chat(gateway, "What is the answer?", model="gpt-4o-mini")
         calls = gateway.calls
         spent = gateway.spent_usd
@@ -196,20 +224,28 @@ def test_live_forwards_with_the_real_key_and_prices_the_upstream_usage(
 def test_live_stream_gets_usage_from_the_final_chunk_even_if_the_client_did_not_ask(
     upstream: FakeUpstream, prices: PriceTable
 ) -> None:
-    with running_gateway("live", upstream_url=upstream.url, api_key=REAL_KEY,
-                         prices=prices) as gateway:
+    with running_gateway(
+        "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
+    ) as gateway:
         stream = client(gateway).chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "stream this answer"}],
+            model="test-model",
+            messages=[{"role": "user", "content": "stream this answer"}],
             stream=True,
         )
         chunks = list(stream)
-        with_usage = list(client(gateway).chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "and this one"}],
-            stream=True, stream_options={"include_usage": True},
-        ))
+        with_usage = list(
+            client(gateway).chat.completions.create(
+                model="test-model",
+                messages=[{"role": "user", "content": "and this one"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         calls = gateway.calls
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-        "Echo: stream this answer"
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == "Echo: stream this answer"
+    )
     assert all(c.usage is None for c in chunks)
     assert upstream.requests[0].body is not None
     assert upstream.requests[0].body["stream_options"] == {"include_usage": True}
@@ -221,9 +257,12 @@ def test_live_stream_gets_usage_from_the_final_chunk_even_if_the_client_did_not_
 
 
 def test_live_stream_reads_groq_style_usage(prices: PriceTable) -> None:
-    with FakeUpstream(usage_style="groq") as upstream, running_gateway(
-        "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
-    ) as gateway:
+    with (
+        FakeUpstream(usage_style="groq") as upstream,
+        running_gateway(
+            "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
+        ) as gateway,
+    ):
         response = chat(gateway, "one two three four", stream=True)
         calls = gateway.calls
     assert sse_data(response)[-1] == "[DONE]"
@@ -235,8 +274,9 @@ def test_live_stream_reads_groq_style_usage(prices: PriceTable) -> None:
 def test_live_refuses_a_client_without_the_exported_key(
     upstream: FakeUpstream, prices: PriceTable
 ) -> None:
-    with running_gateway("live", upstream_url=upstream.url, api_key=REAL_KEY,
-                         prices=prices) as gateway:
+    with running_gateway(
+        "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
+    ) as gateway:
         wrong = chat(gateway, "hi", key="sk-something-else")
         real = chat(gateway, "hi", key=REAL_KEY)
         calls = gateway.calls
@@ -249,8 +289,9 @@ def test_live_refuses_a_client_without_the_exported_key(
 def test_live_passes_upstream_errors_through_and_records_them(
     upstream: FakeUpstream, prices: PriceTable
 ) -> None:
-    with running_gateway("live", upstream_url=upstream.url, api_key=REAL_KEY,
-                         prices=prices) as gateway:
+    with running_gateway(
+        "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
+    ) as gateway:
         response = chat(gateway, "please FAIL-429")
         calls = gateway.calls
     assert response.status_code == 429
@@ -273,8 +314,14 @@ def test_unreachable_upstream_is_a_502_with_a_clear_error(prices: PriceTable) ->
 
 
 def test_live_budget_blocks_calls_once_spent(upstream: FakeUpstream, prices: PriceTable) -> None:
-    with running_gateway("live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices,
-                         budget_usd=0.00001, budget_label="nightly") as gateway:
+    with running_gateway(
+        "live",
+        upstream_url=upstream.url,
+        api_key=REAL_KEY,
+        prices=prices,
+        budget_usd=0.00001,
+        budget_label="nightly",
+    ) as gateway:
         first = chat(gateway, "What is the answer?")  # 16 + 2 * 8 = 32 micro-dollars
         second = chat(gateway, "And the next one?")
         calls = gateway.calls
@@ -287,12 +334,16 @@ def test_live_budget_blocks_calls_once_spent(upstream: FakeUpstream, prices: Pri
 
 
 def test_parallel_calls_are_all_recorded(upstream: FakeUpstream, prices: PriceTable) -> None:
-    with running_gateway("live", upstream_url=upstream.url, api_key=REAL_KEY,
-                         prices=prices) as gateway:
+    with running_gateway(
+        "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
+    ) as gateway:
         results: list[int] = []
         threads = [
-            threading.Thread(target=lambda i=i: results.append(
-                chat(gateway, f"question {i}", stream=i % 2 == 0).status_code))
+            threading.Thread(
+                target=lambda i=i: results.append(
+                    chat(gateway, f"question {i}", stream=i % 2 == 0).status_code
+                )
+            )
             for i in range(8)
         ]
         for thread in threads:
@@ -313,13 +364,22 @@ def test_record_then_replay_with_the_upstream_stopped(
     upstream: FakeUpstream, prices: PriceTable, tmp_path: Path
 ) -> None:
     recordings = tmp_path / "recordings"
-    with running_gateway("record", upstream_url=upstream.url, api_key=REAL_KEY,
-                         recordings_dir=recordings, prices=prices) as gateway:
+    with running_gateway(
+        "record",
+        upstream_url=upstream.url,
+        api_key=REAL_KEY,
+        recordings_dir=recordings,
+        prices=prices,
+    ) as gateway:
         live_json = chat(gateway, "What is the answer?").json()
-        live_stream = list(client(gateway).chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "stream it"}],
-            stream=True, stream_options={"include_usage": True},
-        ))
+        live_stream = list(
+            client(gateway).chat.completions.create(
+                model="test-model",
+                messages=[{"role": "user", "content": "stream it"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         recorded = gateway.calls
     assert len(list(recordings.glob("*.json"))) == 2
 
@@ -330,10 +390,14 @@ def test_record_then_replay_with_the_upstream_stopped(
 
     with running_gateway("replay", recordings_dir=recordings, prices=prices) as gateway:
         replay_json = chat(gateway, "What is the answer?").json()
-        replay_stream = list(client(gateway).chat.completions.create(
-            model="test-model", messages=[{"role": "user", "content": "stream it"}],
-            stream=True, stream_options={"include_usage": True},
-        ))
+        replay_stream = list(
+            client(gateway).chat.completions.create(
+                model="test-model",
+                messages=[{"role": "user", "content": "stream it"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         replayed = gateway.calls
 
     assert replay_json["choices"] == live_json["choices"]
@@ -344,8 +408,10 @@ def test_record_then_replay_with_the_upstream_stopped(
     assert replay_stream[-1].usage == live_stream[-1].usage
     for before, after in zip(recorded, replayed, strict=True):
         assert (after.source, after.status, after.would_cost) == ("recording", "ok", True)
-        assert (after.prompt_tokens, after.completion_tokens) == \
-            (before.prompt_tokens, before.completion_tokens)
+        assert (after.prompt_tokens, after.completion_tokens) == (
+            before.prompt_tokens,
+            before.completion_tokens,
+        )
         assert after.cost_usd == before.cost_usd and after.spent_usd == 0.0
         assert after.request_key == before.request_key
 
@@ -354,8 +420,13 @@ def test_strict_replay_miss_is_an_error_and_a_body_change_is_a_miss(
     upstream: FakeUpstream, prices: PriceTable, tmp_path: Path
 ) -> None:
     recordings = tmp_path / "recordings"
-    with running_gateway("record", upstream_url=upstream.url, api_key=REAL_KEY,
-                         recordings_dir=recordings, prices=prices) as gateway:
+    with running_gateway(
+        "record",
+        upstream_url=upstream.url,
+        api_key=REAL_KEY,
+        recordings_dir=recordings,
+        prices=prices,
+    ) as gateway:
         assert chat(gateway, "What is the answer?", temperature=0).status_code == 200
     with running_gateway("replay", recordings_dir=recordings, prices=prices) as gateway:
         hit = chat(gateway, "What is the answer?", temperature=0)
@@ -375,14 +446,22 @@ def test_strict_replay_miss_is_an_error_and_a_body_change_is_a_miss(
     assert calls[1].cost_usd == 0.0
 
 
-def test_non_strict_replay_falls_through_to_the_mock(prices: PriceTable, tmp_path: Path,
-                                                     fixtures_dir: Path) -> None:
-    with running_gateway("replay", recordings_dir=tmp_path / "none", strict_replay=False,
-                         fixtures_dir=fixtures_dir, prices=prices) as gateway:
+def test_non_strict_replay_falls_through_to_the_mock(
+    prices: PriceTable, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    with running_gateway(
+        "replay",
+        recordings_dir=tmp_path / "none",
+        strict_replay=False,
+        fixtures_dir=fixtures_dir,
+        prices=prices,
+    ) as gateway:
         response = chat(gateway, "Who wrote Hamlet?")
         calls = gateway.calls
     assert response.status_code == 200
-    assert response.json()["choices"][0]["message"]["content"] == "William Shakespeare wrote Hamlet."
+    assert (
+        response.json()["choices"][0]["message"]["content"] == "William Shakespeare wrote Hamlet."
+    )
     assert (calls[0].status, calls[0].source, calls[0].would_cost) == ("miss", "mock", True)
     assert calls[0].cost_usd == pytest.approx(usd("1", "2", 19, 9), rel=1e-12)
 
@@ -392,13 +471,23 @@ def test_recording_files_are_stable_and_keyed_on_path_model_and_body(
 ) -> None:
     recordings = tmp_path / "recordings"
     body = {"model": "test-model", "messages": [SYSTEM, {"role": "user", "content": "stable?"}]}
-    with running_gateway("record", upstream_url=upstream.url, api_key=REAL_KEY,
-                         recordings_dir=recordings, prices=prices) as gateway:
+    with running_gateway(
+        "record",
+        upstream_url=upstream.url,
+        api_key=REAL_KEY,
+        recordings_dir=recordings,
+        prices=prices,
+    ) as gateway:
         # Key order in the client's JSON does not matter: the body is canonicalised.
         reordered = json.dumps({"messages": body["messages"], "model": body["model"]})
-        response = httpx.post(gateway.base_url + "/chat/completions", content=reordered,
-                              headers={"Authorization": f"Bearer {gateway.client_key}",
-                                       "Content-Type": "application/json"})
+        response = httpx.post(
+            gateway.base_url + "/chat/completions",
+            content=reordered,
+            headers={
+                "Authorization": f"Bearer {gateway.client_key}",
+                "Content-Type": "application/json",
+            },
+        )
         assert response.status_code == 200
     key = request_key("/chat/completions", body)
     path = recordings / f"{key}.json"
@@ -415,8 +504,13 @@ def test_the_real_key_never_reaches_recordings_logs_records_or_the_target(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     recordings = tmp_path / "recordings"
-    with running_gateway("record", upstream_url=upstream.url, api_key=REAL_KEY,
-                         recordings_dir=recordings, prices=prices) as gateway:
+    with running_gateway(
+        "record",
+        upstream_url=upstream.url,
+        api_key=REAL_KEY,
+        recordings_dir=recordings,
+        prices=prices,
+    ) as gateway:
         # The fake upstream echoes the Authorization header it got back in the answer.
         leaked = chat(gateway, "ECHO-AUTH please")
         streamed = chat(gateway, "ECHO-AUTH streamed", stream=True)
@@ -493,7 +587,9 @@ def test_load_api_key_reads_a_prefect_secret_block_and_redacts_it(
     from tasks.llm import load_api_key
 
     with prefect_test_harness(server_startup_timeout=90):
-        Secret(value="sk-from-a-secret-block-42").save("llm-key", overwrite=True)
+        Secret(value="sk-from-a-secret-block-42").save(  # type: ignore[arg-type]
+            "llm-key", overwrite=True
+        )
         assert load_api_key("llm-key") == "sk-from-a-secret-block-42"
         assert "sk-from-a-secret-block-42" in installed_redactor().secrets
         with pytest.raises(BadInput, match="'missing-block' not found"):
@@ -506,9 +602,11 @@ def test_load_api_key_reads_a_prefect_secret_block_and_redacts_it(
 def test_env_renders_the_export_templates(prices: PriceTable) -> None:
     with running_gateway("mock", prices=prices) as gateway:
         default = gateway.env()
-        custom = gateway.env({"GROQ_BASE_URL": "{base_url}", "LLM_PORT": "{port}",
-                              "GROQ_API_KEY": "{api_key}"})
-        with pytest.raises(ConfigError, match=r"llm\.export\.BAD': unknown placeholder \{password\}"):
+        custom = gateway.env(
+            {"GROQ_BASE_URL": "{base_url}", "LLM_PORT": "{port}", "GROQ_API_KEY": "{api_key}"}
+        )
+        unknown = r"llm\.export\.BAD': unknown placeholder \{password\}"
+        with pytest.raises(ConfigError, match=unknown):
             gateway.env({"BAD": "{password}"})
         base_url = gateway.base_url
     assert default == {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": gateway.client_key}
@@ -520,8 +618,9 @@ def test_env_renders_the_export_templates(prices: PriceTable) -> None:
 def test_models_endpoint(upstream: FakeUpstream, prices: PriceTable) -> None:
     with running_gateway("mock", prices=prices) as gateway:
         mocked = {m.id for m in client(gateway).models.list()}
-    with running_gateway("live", upstream_url=upstream.url, api_key=REAL_KEY,
-                         prices=prices) as gateway:
+    with running_gateway(
+        "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
+    ) as gateway:
         live = {m.id for m in client(gateway).models.list()}
     assert mocked == {"test-model", "gpt-4o-mini"}
     assert live == {"fake-model"}
@@ -568,7 +667,8 @@ def test_gateway_from_config_resolves_dirs_in_the_checkout(tmp_path: Path) -> No
         assert chat(gateway, "ping?").json()["choices"][0]["message"]["content"] == "pong"
     replay = gateway_from_config(LlmConfig(), "replay", tmp_path)
     with replay:
-        assert str(tmp_path / ".cicd" / "llm-recordings") in chat(replay, "x").json()["error"]["message"]
+        message = chat(replay, "x").json()["error"]["message"]
+    assert str(tmp_path / ".cicd" / "llm-recordings") in message
 
 
 def test_shipped_price_table_is_pinned_with_a_source() -> None:

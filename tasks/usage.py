@@ -1,0 +1,138 @@
+"""The LLM side of a run: the gateway the test jobs talk to, then what it cost.
+
+A flow opens one gateway for the run (``llm_gateway``), hands its variables
+to the jobs that need an LLM, and afterwards ``account`` records every call
+in the cost store, publishes the usage, and turns an over-budget run into a
+failed ``llm-budget`` job with the spend shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from cicd.config import LlmMode, PipelineConfig
+from cicd.errors import BadInput
+from cicd.results import JobResult, JobState
+from tasks.llm import CallRecord, Gateway, gateway_from_config, install_redactor, load_api_key
+from tasks.llm.budget import BudgetExceeded, check_budget, format_usd
+from tasks.llm.costs import CostStore
+
+BUDGET_JOB = "llm-budget"
+UPSTREAM_MODES = ("live", "record")
+
+
+@contextmanager
+def llm_gateway(
+    config: PipelineConfig, mode: LlmMode, root: object, budget_usd: float | None, label: str
+) -> Iterator[Gateway]:
+    """A started gateway for the checked-out target at ``root``; stopped on exit."""
+    from pathlib import Path
+
+    api_key = None
+    if mode in UPSTREAM_MODES:
+        if not config.llm.api_key_secret:
+            raise BadInput(
+                f"cicd.yaml: field 'llm.api_key_secret': LLM mode {mode!r} needs the name of the "
+                "Prefect Secret block holding the upstream API key"
+            )
+        api_key = load_api_key(config.llm.api_key_secret)
+        # Prefect does not redact secrets from logs by itself (shared notes).
+        install_redactor([api_key])
+    gateway = gateway_from_config(
+        config.llm,
+        mode,
+        Path(str(root)),
+        api_key=api_key,
+        budget_usd=budget_usd,
+        budget_label=label,
+    )
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def usage_markdown(calls: Sequence[CallRecord], mode: str, budget_usd: float | None) -> str:
+    spent = sum(call.spent_usd for call in calls)
+    would = sum(call.cost_usd or 0.0 for call in calls if call.would_cost)
+    prompt = sum(call.prompt_tokens for call in calls)
+    completion = sum(call.completion_tokens for call in calls)
+    budget = "none" if budget_usd is None else format_usd(budget_usd)
+    lines = [
+        "## LLM usage",
+        "",
+        f"Mode **{mode}**: {len(calls)} call(s), {prompt} prompt + {completion} completion tokens, "
+        f"spent **{format_usd(spent)}** (budget {budget})"
+        + (f", would have cost {format_usd(would)} against the real API" if would else ""),
+    ]
+    if calls:
+        lines += [
+            "",
+            "| Model | Status | Prompt | Completion | Latency ms | Cost |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for call in calls:
+            cost = "" if call.cost_usd is None else format_usd(call.cost_usd)
+            if call.would_cost and cost:
+                cost += " (would)"
+            lines.append(
+                f"| {call.model} | {call.status} | {call.prompt_tokens} | {call.completion_tokens} "
+                f"| {call.latency_ms:.1f} | {cost} |"
+            )
+    return "\n".join(lines)
+
+
+def account(
+    gateway: Gateway,
+    *,
+    run_id: str,
+    flow: str,
+    repo: str,
+    ref: str,
+    started_at: datetime,
+    passed: bool,
+    budget_usd: float | None,
+    store: CostStore | None = None,
+) -> tuple[JobResult, str]:
+    """Record the run's calls; return the budget job and the usage section."""
+    gateway.wait_idle()
+    calls = gateway.calls
+    store = store or CostStore()
+    try:
+        store.record_run(
+            run_id,
+            flow=flow,
+            repo=repo,
+            ref=ref,
+            started_at=started_at,
+            status="passed" if passed else "failed",
+            budget_usd=budget_usd,
+            llm_mode=gateway.mode,
+        )
+        row = store.record_calls(run_id, calls)
+    finally:
+        store.close()
+    section = usage_markdown(calls, gateway.mode, budget_usd)
+    details = {
+        "calls": row.calls,
+        "spent_usd": round(row.total_usd, 6),
+        "would_cost_usd": round(row.would_cost_usd, 6),
+        "prompt_tokens": sum(c.prompt_tokens for c in calls),
+        "completion_tokens": sum(c.completion_tokens for c in calls),
+        "mode": gateway.mode,
+    }
+    try:
+        check_budget(row.total_usd, budget_usd, flow)
+    except BudgetExceeded as exc:
+        return (
+            JobResult(BUDGET_JOB, JobState.FAILED, 0.0, reason=str(exc), details=details),
+            section,
+        )
+    return JobResult(BUDGET_JOB, JobState.PASSED, 0.0, details=details), section
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
