@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cicd import __version__
+from cicd.commands import baseline as baseline_command
 from cicd.commands import run as run_command
 
 
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run_command.add_arguments(sub.add_parser("run", help="run a pipeline now, locally"))
+    baseline_command.add_arguments(
+        sub.add_parser("baseline", help="measure the target's benchmarks and write a new baseline")
+    )
     return parser
 
 
@@ -35,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_prefect_defaults()
     if args.command == "run":
         return run_command.run(args)
+    if args.command == "baseline":
+        return baseline_command.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

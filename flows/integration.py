@@ -55,7 +55,10 @@ def integration(
         )
 
         # agent-tests: services: neo4j; env: USE_MOCK_LLM -> the gateway in `mode`
-        with llm_gateway(config, mode, checkout.path, settings.budget_usd, FLOW_NAME) as gateway:
+        recordings_copy = run.directory / "llm-recordings"
+        with llm_gateway(
+            config, mode, checkout.path, settings.budget_usd, FLOW_NAME, recordings_copy
+        ) as gateway:
             llm_env = gateway.env(config.llm.export)
             futures = [
                 (
@@ -113,6 +116,6 @@ def integration(
             jobs=tuple(jobs),
             duration=run.elapsed(),
             sections=(usage,),
-            extra={"llm": budget.details},
+            extra={"llm": {**budget.details, "recordings": str(recordings_copy) if recordings_copy.is_dir() else None}},
         )
         return finish(report)

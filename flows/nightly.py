@@ -67,7 +67,10 @@ def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> di
         packages = tool_packages(config, [config.tests[s] for s in suites])
         env = environment_task(checkout.path, config.environment, packages, run.log("environment"))
 
-        with llm_gateway(config, mode, checkout.path, settings.budget_usd, FLOW_NAME) as gateway:
+        recordings_copy = run.directory / "llm-recordings"
+        with llm_gateway(
+            config, mode, checkout.path, settings.budget_usd, FLOW_NAME, recordings_copy
+        ) as gateway:
             llm_env = gateway.env(config.llm.export)
             # full-test-suite: pytest tests/ --cov --cov-report=html --junit-xml
             futures = [
@@ -138,7 +141,7 @@ def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> di
             jobs=tuple(jobs),
             duration=run.elapsed(),
             sections=(usage,),
-            extra={"llm": budget.details},
+            extra={"llm": {**budget.details, "recordings": str(recordings_copy) if recordings_copy.is_dir() else None}},
         )
         # Notify on failure (if: failure()) and on an over-threshold cost.
         subjects = []

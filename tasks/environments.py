@@ -109,6 +109,45 @@ def _install_argv(
     return argv
 
 
+def _interpreter_version(python: Path) -> str | None:
+    try:
+        result = command.run(
+            [str(python), "-c", "import platform; print(platform.python_version())"], timeout=30
+        )
+    except OSError:
+        return None
+    return result.output.strip() if result.ok else None
+
+
+def find_interpreter(version: str) -> Path | None:
+    """An installed interpreter of ``version`` (``3.12`` or ``3.12.1``), or None.
+
+    Searched on PATH and in pyenv's versions directory. Every candidate is run:
+    pyenv shims of versions that are installed but not selected exist on PATH
+    and fail when called (uv's own discovery stops at the first such shim).
+    """
+    minor = ".".join(version.split(".")[:2])
+    names = [f"python{minor}"]
+    candidates = [
+        Path(d) / name for d in os.environ.get("PATH", "").split(os.pathsep) if d for name in names
+    ]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates += sorted(
+        (pyenv_root / "versions").glob(f"{minor}.*/bin/python{minor}"), reverse=True
+    )
+    # Last: our own interpreter (uv creates the venv from its base installation).
+    candidates.append(Path(sys.executable))
+    seen: set[Path] = set()
+    for candidate in candidates:
+        if candidate in seen or not os.access(candidate, os.X_OK) or candidate.is_dir():
+            continue
+        seen.add(candidate)
+        found = _interpreter_version(candidate)
+        if found is not None and (found == version or found.rsplit(".", 1)[0] == version):
+            return candidate
+    return None
+
+
 def _uv() -> str:
     # uv is a dependency of cicd-flows; prefer the one next to our interpreter.
     beside = Path(sys.executable).parent / "uv"
@@ -132,6 +171,9 @@ def ensure_environment(
             return Environment(path, config.python, key, reused=True).for_workspace(workspace)
         # A half-built environment from a crashed run is never trusted.
         shutil.rmtree(path, ignore_errors=True)
+        interpreter = find_interpreter(config.python)
+        if interpreter is None:
+            raise InterpreterMissing(f"Python {config.python} is not installed on this worker")
         uv = _uv()
         created = command.run(
             [
@@ -139,7 +181,7 @@ def ensure_environment(
                 "venv",
                 "--quiet",
                 "--python",
-                config.python,
+                str(interpreter),
                 "--python-preference",
                 "only-system",
                 str(path),
@@ -149,8 +191,6 @@ def ensure_environment(
         )
         if not created.ok:
             shutil.rmtree(path, ignore_errors=True)
-            if "no interpreter found" in created.output.lower():
-                raise InterpreterMissing(f"Python {config.python} is not installed on this worker")
             raise InfrastructureError(f"creating the environment failed: {created.tail(10)}")
         argv = _install_argv(path / "bin" / "python", workspace, config, packages)
         argv[0] = uv

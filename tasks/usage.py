@@ -8,9 +8,11 @@ failed ``llm-budget`` job with the spend shown.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from cicd.config import LlmMode, PipelineConfig
 from cicd.errors import BadInput
@@ -25,11 +27,19 @@ UPSTREAM_MODES = ("live", "record")
 
 @contextmanager
 def llm_gateway(
-    config: PipelineConfig, mode: LlmMode, root: object, budget_usd: float | None, label: str
+    config: PipelineConfig,
+    mode: LlmMode,
+    root: Path,
+    budget_usd: float | None,
+    label: str,
+    save_recordings_to: Path | None = None,
 ) -> Iterator[Gateway]:
-    """A started gateway for the checked-out target at ``root``; stopped on exit."""
-    from pathlib import Path
+    """A started gateway for the checked-out target at ``root``; stopped on exit.
 
+    In record mode the exchanges are written into the workspace, which is
+    deleted with the run; they are copied to ``save_recordings_to`` (the run
+    directory) so they can be committed to the target for later replays.
+    """
     api_key = None
     if mode in UPSTREAM_MODES:
         if not config.llm.api_key_secret:
@@ -43,7 +53,7 @@ def llm_gateway(
     gateway = gateway_from_config(
         config.llm,
         mode,
-        Path(str(root)),
+        root,
         api_key=api_key,
         budget_usd=budget_usd,
         budget_label=label,
@@ -53,6 +63,9 @@ def llm_gateway(
         yield gateway
     finally:
         gateway.stop()
+        recordings = root / config.llm.recordings
+        if mode == "record" and save_recordings_to is not None and recordings.is_dir():
+            shutil.copytree(recordings, save_recordings_to, dirs_exist_ok=True)
 
 
 def usage_markdown(calls: Sequence[CallRecord], mode: str, budget_usd: float | None) -> str:
@@ -117,6 +130,7 @@ def account(
         store.close()
     section = usage_markdown(calls, gateway.mode, budget_usd)
     details = {
+        "run_id": run_id,
         "calls": row.calls,
         "spent_usd": round(row.total_usd, 6),
         "would_cost_usd": round(row.would_cost_usd, 6),

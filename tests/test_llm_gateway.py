@@ -446,6 +446,20 @@ def test_strict_replay_miss_is_an_error_and_a_body_change_is_a_miss(
     assert calls[1].cost_usd == 0.0
 
 
+def test_a_corrupt_recording_is_a_500_naming_the_file(prices: PriceTable, tmp_path: Path) -> None:
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    body = {"model": "test-model", "messages": [SYSTEM, {"role": "user", "content": "broken"}]}
+    path = recordings / f"{request_key('/chat/completions', body)}.json"
+    path.write_text('{"version": 1, "request": {}')
+    with running_gateway("replay", recordings_dir=recordings, prices=prices) as gateway:
+        response = chat(gateway, "broken")
+        calls = gateway.calls
+    assert response.status_code == 500
+    assert str(path) in response.json()["error"]["message"]
+    assert calls[0].status == "error" and str(path) in (calls[0].error or "")
+
+
 def test_non_strict_replay_falls_through_to_the_mock(
     prices: PriceTable, tmp_path: Path, fixtures_dir: Path
 ) -> None:

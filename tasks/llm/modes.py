@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -364,10 +365,24 @@ class Upstream:
     def __init__(self, base_url: str, api_key: str, timeout: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+        self._timeout = httpx.Timeout(timeout, connect=10.0)
+        self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
+
+    @property
+    def _client(self) -> httpx.Client:
+        # One keep-alive pool for all calls; made again after close(), so a
+        # stopped gateway can be started again.
+        with self._http_lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=self._timeout)
+            return self._http
 
     def close(self) -> None:
-        self._client.close()
+        with self._http_lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
 
     def _headers(self) -> dict[str, str]:
         return {

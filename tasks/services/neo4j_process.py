@@ -20,6 +20,7 @@ unrelated program that reused the PID.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,6 +92,9 @@ class ProcessSettings:
     transaction_memory: str = "256m"
     extra_conf: Mapping[str, str] = field(default_factory=dict)
     extra_jvm: tuple[str, ...] = ()
+    # Reuse a dynamic class-data-sharing archive of the server's classes
+    # (measured: start to healthy ~25-35% faster; see bench/README.md).
+    class_data_sharing: bool = True
 
 
 def java_binary() -> str:
@@ -139,13 +143,19 @@ def render_conf(
 
 
 def server_argv(
-    java: str, home: Path, lib: Path, token: str, settings: ProcessSettings
+    java: str,
+    home: Path,
+    lib: Path,
+    token: str,
+    settings: ProcessSettings,
+    cds: Sequence[str] = (),
 ) -> list[str]:
     return [
         java,
         f"-Xms{settings.heap_initial}",
         f"-Xmx{settings.heap_max}",
         *JVM_FLAGS,
+        *cds,
         *settings.extra_jvm,
         f"{MARKER_PROPERTY}{token}",
         "-cp",
@@ -185,6 +195,50 @@ def set_initial_password(java: str, home: Path, lib: Path, password: str) -> Non
             f"neo4j-admin dbms set-initial-password failed (exit {result.returncode}"
             f"{', timed out' if result.timed_out else ''}):\n" + "\n".join(lines[-20:])
         )
+
+
+# --- class-data sharing -------------------------------------------------------
+#
+# Loading and verifying ~20k classes from 213 jars is a large part of every
+# start. The first server on a machine dumps the classes it loaded into a
+# dynamic CDS archive at exit (-XX:ArchiveClassesAtExit); later servers map it
+# (-XX:SharedArchiveFile). A stale or foreign archive is harmless: the JVM's
+# default -Xshare:auto just runs without it.
+
+CDS_DIR = "cds"
+STALE_DUMP_SECONDS = 3600.0
+
+
+def cds_archive(java: str, lib: Path) -> Path:
+    """The archive for this JVM build and jar set, beside the jar cache."""
+    binary = Path(java).resolve()
+    stat = binary.stat()
+    key = hashlib.sha256(f"{binary}:{stat.st_size}:{stat.st_mtime_ns}:{lib}".encode()).hexdigest()
+    return lib.parent / CDS_DIR / f"neo4j-{key[:16]}.jsa"
+
+
+def cds_flags(archive: Path, token: str) -> tuple[list[str], Path | None]:
+    """JVM flags to use ``archive``, or to dump one; plus the pending dump path."""
+    if archive.is_file():
+        return [f"-XX:SharedArchiveFile={archive}"], None
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for stale in archive.parent.glob("tmp-*.jsa"):
+        # Dumps of servers that were killed; a live dump is minutes old at most.
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > STALE_DUMP_SECONDS:
+                stale.unlink()
+    # Each dumping server writes its own file; the first clean exit publishes it.
+    pending = archive.parent / f"tmp-{token}.jsa"
+    return [f"-XX:ArchiveClassesAtExit={pending}"], pending
+
+
+def publish_cds(pending: Path, archive: Path, clean_exit: bool) -> None:
+    if clean_exit and pending.is_file() and pending.stat().st_size > 0:
+        os.replace(pending, archive)  # atomic: readers never map half a file
+        logger.info("saved the Neo4j class-data archive %s", archive)
+    else:
+        pending.unlink(missing_ok=True)
 
 
 # --- process identity (shared with reaping) ---------------------------------
@@ -314,12 +368,15 @@ class Neo4jProcess:
         home: Path,
         pid_file: Path,
         keep_log: Path | None,
+        cds_dump: tuple[Path, Path] | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._proc = proc
         self.home = home
         self.pid_file = pid_file
         self._keep_log = keep_log
+        # (pending dump, final archive) when this server writes the CDS archive.
+        self._cds_dump = cds_dump
         self._stopped = False
 
     @property
@@ -375,6 +432,8 @@ class Neo4jProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=10)
         finally:
+            if self._cds_dump is not None:
+                publish_cds(*self._cds_dump, clean_exit=self._proc.returncode == 0)
             command.unregister_group(self.pgid)
             self.pid_file.unlink(missing_ok=True)
             if self._keep_log is not None:
@@ -439,7 +498,13 @@ class Neo4jProcessBackend:
             remove_home(home)
             raise
 
-        argv = server_argv(java, home, lib, token, self.settings)
+        cds: list[str] = []
+        cds_dump: tuple[Path, Path] | None = None
+        if self.settings.class_data_sharing:
+            archive = cds_archive(java, lib)
+            cds, pending = cds_flags(archive, token)
+            cds_dump = None if pending is None else (pending, archive)
+        argv = server_argv(java, home, lib, token, self.settings, cds)
         with (home / CONSOLE_LOG).open("wb") as console:
             proc = subprocess.Popen(
                 argv,
@@ -459,7 +524,7 @@ class Neo4jProcessBackend:
             home=str(home), owner_pid=os.getpid(), owner_start_time=process_start_time(os.getpid()),
         )
         server = Neo4jProcess(
-            endpoint, proc, home, pid_dir() / f"{token}.json", run_dir / f"{token}.log"
+            endpoint, proc, home, pid_dir() / f"{token}.json", run_dir / f"{token}.log", cds_dump
         )
         try:
             write_record(record)
