@@ -514,7 +514,9 @@ def wait_for_workers(api_url: str, pool: str, names: Sequence[str], timeout: flo
         if not missing:
             return
         time.sleep(0.5)
-    raise InfrastructureError(f"workers {sorted(missing)} did not come online within {timeout:.0f}s")
+    raise InfrastructureError(
+        f"workers {sorted(missing)} did not come online within {timeout:.0f}s"
+    )
 
 
 def worker_name(index: int) -> str:

@@ -20,7 +20,7 @@ from tasks.benchmarks import benchmark_job
 from tasks.environments import environment_task
 from tasks.git import checkout_task
 from tasks.testing import test_job
-from tasks.usage import account, llm_gateway, now
+from tasks.usage import account, llm_gateway, now, saved_recordings
 
 FLOW_NAME: Final = "integration"
 DEFAULT_MODE: Final = "replay"
@@ -116,6 +116,6 @@ def integration(
             jobs=tuple(jobs),
             duration=run.elapsed(),
             sections=(usage,),
-            extra={"llm": {**budget.details, "recordings": str(recordings_copy) if recordings_copy.is_dir() else None}},
+            extra={"llm": {**budget.details, "recordings": saved_recordings(recordings_copy)}},
         )
         return finish(report)

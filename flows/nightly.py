@@ -21,7 +21,7 @@ from tasks.git import checkout_task
 from tasks.llm.budget import format_usd
 from tasks.notify import notify
 from tasks.testing import matrix_job, test_job
-from tasks.usage import account, llm_gateway, now
+from tasks.usage import account, llm_gateway, now, saved_recordings
 
 FLOW_NAME: Final = "nightly"
 DEFAULT_MODE: Final = "live"
@@ -141,7 +141,7 @@ def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> di
             jobs=tuple(jobs),
             duration=run.elapsed(),
             sections=(usage,),
-            extra={"llm": {**budget.details, "recordings": str(recordings_copy) if recordings_copy.is_dir() else None}},
+            extra={"llm": {**budget.details, "recordings": saved_recordings(recordings_copy)}},
         )
         # Notify on failure (if: failure()) and on an over-threshold cost.
         subjects = []

@@ -7,12 +7,14 @@ every problem (a GitHub Actions job would stop at the first failing step).
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
 
 from cicd.config import QualityConfig, ToolConfig
 from cicd.results import JobResult
+from tasks.changes import job_cache_key
 from tasks.environments import Environment
 from tasks.jobs import Deadline, failure_reason, raise_unless_ok, run_step, state_of
 
@@ -55,8 +57,18 @@ def run_quality(
     )
 
 
-@task(name="quality")
+@task(
+    name="quality",
+    cache_key_fn=job_cache_key,
+    persist_result=True,
+    cache_expiration=timedelta(days=7),
+)
 def quality_job(
-    workspace: Path, env: Environment, config: QualityConfig, log_path: Path | None = None
+    workspace: Path,
+    env: Environment,
+    config: QualityConfig,
+    log_path: Path | None = None,
+    inputs_key: str | None = None,
 ) -> JobResult:
+    """``inputs_key`` (the source fingerprint) turns on caching: same inputs, same result."""
     return raise_unless_ok(run_quality(workspace, env, config, log_path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
@@ -17,6 +18,7 @@ from prefect import task
 from cicd.config import EnvironmentConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, TestCounts, TestFailure
+from tasks.changes import job_cache_key
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
 from tasks.jobs import Deadline, failure_reason, raise_unless_ok, run_step, state_of
 
@@ -155,7 +157,12 @@ def run_suite(
     )
 
 
-@task(name="tests")
+@task(
+    name="tests",
+    cache_key_fn=job_cache_key,
+    persist_result=True,
+    cache_expiration=timedelta(days=7),
+)
 def test_job(
     name: str,
     workspace: Path,
@@ -166,8 +173,13 @@ def test_job(
     extra_env: dict[str, str] | None = None,
     log_path: Path | None = None,
     coverage_html: bool = False,
+    inputs_key: str | None = None,
 ) -> JobResult:
-    """One test suite; its services start before it (healthy) and stop after it, always."""
+    """One test suite; its services start before it (healthy) and stop after it, always.
+
+    ``inputs_key`` (the source fingerprint) turns on caching: same inputs, same
+    result. Flows whose point is a fresh run (nightly, release) leave it unset.
+    """
     return raise_unless_ok(
         run_suite_with_services(
             name, workspace, env, suite, services, reports_dir, extra_env, log_path, coverage_html

@@ -148,5 +148,10 @@ def account(
     return JobResult(BUDGET_JOB, JobState.PASSED, 0.0, details=details), section
 
 
+def saved_recordings(directory: Path) -> str | None:
+    """Where a record-mode run left its exchanges, or None when it recorded nothing."""
+    return str(directory) if directory.is_dir() else None
+
+
 def now() -> datetime:
     return datetime.now(UTC)

@@ -40,6 +40,7 @@ from tasks.services.neo4j_docker import (
     engine_answers,
     owner_is_gone,
     owner_label,
+    published_port,
 )
 from tasks.services.neo4j_process import (
     HOME_MARKER,
@@ -47,8 +48,11 @@ from tasks.services.neo4j_process import (
     Neo4jProcessBackend,
     PidRecord,
     ProcessSettings,
+    cds_archive,
+    cds_flags,
     pid_dir,
     process_start_time,
+    publish_cds,
     read_record,
     write_record,
 )
@@ -206,6 +210,22 @@ def test_container_spec_matches_the_github_actions_service() -> None:
     assert spec["name"] == "cicd-neo4j-neo4j-abcd"
     exact = container_spec("neo4j", ServiceConfig(version="5.26.30"), "t", "o")
     assert exact["image"] == "neo4j:5.26.30"
+    # What docker-py sends to the engine: loopback, engine-chosen host ports.
+    from docker.utils import convert_port_bindings
+
+    assert convert_port_bindings(spec["ports"])["7687/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": ""}
+    ]
+
+
+def test_published_ports_are_read_from_the_inspected_container() -> None:
+    attrs = {"NetworkSettings": {"Ports": {
+        "7687/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}],
+        "7474/tcp": None,
+    }}}
+    assert published_port(attrs, "7687/tcp") == 32768
+    with pytest.raises(InfrastructureError, match="7474/tcp"):
+        published_port(attrs, "7474/tcp")
 
 
 def test_container_owner_labels_identify_dead_owners() -> None:
@@ -279,6 +299,36 @@ def test_reap_never_kills_an_unrelated_process_with_a_recorded_pid(service_state
         assert list(pid_dir().glob("*.json")) == []  # stale records are cleaned up
     finally:
         kill_group(sleeper)
+
+
+# --- class-data sharing archive ---------------------------------------------------------
+
+
+def test_cds_archive_is_dumped_once_then_reused(tmp_path: Path) -> None:
+    lib = tmp_path / "dist" / "lib"
+    lib.mkdir(parents=True)
+    archive = cds_archive(sys.executable, lib)
+    assert archive.parent == tmp_path / "dist" / "cds"
+    old_dump = archive.parent / "tmp-neo4j-old.jsa"
+    archive.parent.mkdir()
+    old_dump.write_bytes(b"killed mid-dump")
+    os.utime(old_dump, (time.time() - 7200, time.time() - 7200))
+
+    flags, pending = cds_flags(archive, "neo4j-1")
+    assert pending is not None
+    assert flags == [f"-XX:ArchiveClassesAtExit={pending}"]
+    assert not old_dump.exists()
+
+    pending.write_bytes(b"archive")
+    publish_cds(pending, archive, clean_exit=False)  # a killed JVM's dump is not trusted
+    assert not archive.exists() and not pending.exists()
+
+    flags, pending = cds_flags(archive, "neo4j-2")
+    assert pending is not None
+    pending.write_bytes(b"archive")
+    publish_cds(pending, archive, clean_exit=True)
+    assert archive.read_bytes() == b"archive" and not pending.exists()
+    assert cds_flags(archive, "neo4j-3") == ([f"-XX:SharedArchiveFile={archive}"], None)
 
 
 # --- provisioning ---------------------------------------------------------------------

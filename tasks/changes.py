@@ -1,0 +1,108 @@
+"""Change detection and the inputs of a job, for instant reruns (seed 000).
+
+A job's inputs are the content of the files it depends on (every tracked file
+except those matched by ``ignore_paths`` in cicd.yaml), its configuration and
+its environment. ``job_cache_key`` hashes them, so a rerun of the same inputs
+is served from the Prefect cache. ``only_ignored`` tells when a change
+touches nothing any job depends on, so the jobs can be skipped outright.
+
+Pattern rules (like .gitignore): ``*`` and ``?`` stay inside one path segment,
+``**`` crosses segments, a pattern without ``/`` matches the file name at any
+depth. Files that decide the pipeline itself can never be ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cicd import command
+from cicd.config import CONFIG_FILE
+from cicd.errors import InfrastructureError
+
+# Changing these changes the pipeline or the environment: everything reruns.
+NEVER_IGNORED = frozenset({CONFIG_FILE, "pyproject.toml", "setup.py", "setup.cfg"})
+
+
+@lru_cache(maxsize=256)
+def _pattern(glob: str) -> re.Pattern[str]:
+    anchored = "/" in glob.strip("/")
+    out = []
+    i = 0
+    glob = glob.strip("/")
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    body = "".join(out)
+    return re.compile(body if anchored else f"(?:.*/)?{body}")
+
+
+def is_ignored(path: str, ignore_paths: Sequence[str]) -> bool:
+    if path in NEVER_IGNORED or path.startswith("requirements"):
+        return False
+    return any(_pattern(glob).fullmatch(path) for glob in ignore_paths)
+
+
+def only_ignored(changed: Iterable[str], ignore_paths: Sequence[str]) -> bool:
+    """True when there are changes and every one of them is ignored."""
+    changed = list(changed)
+    return bool(changed) and all(is_ignored(path, ignore_paths) for path in changed)
+
+
+def source_fingerprint(workspace: Path, ignore_paths: Sequence[str]) -> str:
+    """A hash of the content of every tracked file that some job depends on."""
+    result = command.run(["git", "-C", str(workspace), "ls-files", "-s", "-z"], timeout=60)
+    if not result.ok:
+        raise InfrastructureError(f"git ls-files failed: {result.tail(5)}")
+    digest = hashlib.sha256()
+    for entry in sorted(filter(None, result.output.split("\0"))):
+        meta, _, path = entry.partition("\t")
+        if not is_ignored(path, ignore_paths):
+            digest.update(f"{meta}\t{path}\0".encode())
+    return digest.hexdigest()
+
+
+def _dump(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _dump(v) for k, v in value.items()}
+    return value
+
+
+def job_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect ``cache_key_fn`` of the PR jobs: None (no caching) unless the flow
+    passed ``inputs_key``, the source fingerprint of the commit under test."""
+    inputs_key = parameters.get("inputs_key")
+    if not inputs_key:
+        return None
+    env = parameters.get("env")
+    material = {
+        "task": context.task.name if context is not None else "",
+        "job": parameters.get("name", ""),
+        "inputs": inputs_key,
+        "environment": getattr(env, "key", None),
+        "config": _dump(parameters.get("suite") or parameters.get("config")),
+        "services": _dump(parameters.get("services") or {}),
+        "extra_env": parameters.get("extra_env") or {},
+    }
+    blob = json.dumps(material, sort_keys=True, default=str).encode()
+    return f"cicd-job-{hashlib.sha256(blob).hexdigest()}"
