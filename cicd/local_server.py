@@ -47,7 +47,6 @@ SERVER_START_TIMEOUT = 180.0
 DEPLOY_TIMEOUT = 900.0
 WORKER_READY_TIMEOUT = 120.0
 STOP_GRACE_SECONDS = 20.0
-# Time the server gets to notice that a worker has left before it is stopped.
 STATE_FILE = "state.json"
 LOG_TAIL_LINES = 40
 
@@ -223,17 +222,30 @@ def stop_process(record: ProcessRecord, grace: float = STOP_GRACE_SECONDS) -> St
     """
     if not is_running(record):
         return StopResult(record.role, record.pid, "gone")
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(record.pid, signal.SIGTERM)
+    try:
+        leads_group = os.getpgid(record.pid) == record.pid
+    except ProcessLookupError:
+        return StopResult(record.role, record.pid, "gone")
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if leads_group:
+                os.killpg(record.pid, sig)
+            else:
+                os.kill(record.pid, sig)
+
+    def gone() -> bool:
+        return not is_running(record) and not (leads_group and _group_alive(record.pid))
+
+    send(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not is_running(record) and not _group_alive(record.pid):
+        if gone():
             return StopResult(record.role, record.pid, "stopped")
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(record.pid, signal.SIGKILL)
+    send(signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (is_running(record) or _group_alive(record.pid)):
+    while time.monotonic() < deadline and not gone():
         time.sleep(0.05)
     return StopResult(record.role, record.pid, "killed")
 
