@@ -33,6 +33,13 @@ OUTPUT_TAIL_CHARS = 20_000
 
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
+# Set while a run is being torn down: jobs still running in worker threads must
+# not start new processes after their groups were killed.
+_closed = threading.Event()
+
+
+class Cancelled(Exception):
+    """A command was not started because its run is shutting down."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,13 @@ def unregister_group(pgid: int) -> None:
         _live_groups.discard(pgid)
 
 
-def kill_all() -> None:
-    """Terminate every process group started here that is still alive."""
+def kill_all(close: bool = False) -> None:
+    """Terminate every process group started here that is still alive.
+
+    With ``close``, refuse to start new commands until :func:`reopen`.
+    """
+    if close:
+        _closed.set()
     with _live_lock:
         groups = list(_live_groups)
         _live_groups.clear()
@@ -91,7 +103,11 @@ def kill_all() -> None:
         terminate_group(pgid, grace=2.0)
 
 
-atexit.register(kill_all)
+def reopen() -> None:
+    _closed.clear()
+
+
+atexit.register(kill_all, close=True)
 
 
 def run(
@@ -114,6 +130,8 @@ def run(
     rest of its group.
     """
     argv = tuple(str(a) for a in argv)
+    if _closed.is_set():
+        raise Cancelled(f"not started, the run is shutting down: {' '.join(argv)}")
     start = time.monotonic()
     with tempfile.TemporaryFile("w+b") as sink:
         proc = subprocess.Popen(

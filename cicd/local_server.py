@@ -88,7 +88,7 @@ class StackState:
 class UpResult:
     api_url: str
     ui_url: str
-    server: ProcessRecord
+    server: ProcessRecord | None  # None with --server-url
     workers: list[ProcessRecord]
     deployments: list[str]
     reused: list[str]
@@ -541,30 +541,49 @@ def up(
     port: int = DEFAULT_PORT,
     workers: int = 1,
     repo: str | None = None,
+    server_url: str | None = None,
     project_dir: Path = PROJECT_DIR,
     run_deploy: bool = True,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> UpResult:
-    """Start (or reuse) the local server, pool, deployments, limit and workers.
+    """Start (or reuse) the local server, then the pool, limit, deployments and workers.
+
+    ``server_url`` (an API address ending in ``/api``) uses a running server
+    instead of starting one: the production set-up (deployments/) runs
+    ``cicd up --server-url ... --workers 0`` once to register everything.
 
     Idempotent: a server or worker of an earlier ``up`` that is still running
     is kept. When a step fails, what this call started is stopped again, so a
     failed ``up`` leaves nothing behind.
     """
-    if workers < 1:
-        raise BadInput(f"--workers {workers}: expected a whole number >= 1")
+    if workers < 0:
+        raise BadInput(f"--workers {workers}: expected a whole number >= 0")
     if not 0 < port < 65536:
         raise BadInput(f"--port {port}: expected 1-65535")
     directory = state_dir()
     state = read_state(directory)
     reused: list[str] = []
     started: list[ProcessRecord] = []
+    running_server = state.role("server") if state is not None else None
+    if running_server is not None and not is_running(running_server):
+        running_server = None
 
-    if state is not None and (server := state.role("server")) is not None and is_running(server):
+    if server_url is not None:
+        server_url = server_url.rstrip("/")
+        if running_server is not None:
+            raise BadInput(
+                f"cicd up already runs a local server at {state.api_url if state else '?'} "
+                f"(pid {running_server.pid}); run `cicd down` before using --server-url"
+            )
+        if not api_healthy(server_url, timeout=10):
+            raise BadInput(f"--server-url {server_url}: no Prefect API answers {server_url}/health")
+        if state is None or state.api_url != server_url:
+            state = StackState(api_url=server_url, host="", port=0)
+    elif running_server is not None and state is not None:
         if (state.host, state.port) != (host, port):
             raise BadInput(
                 f"a local Prefect server started by cicd up is already running at "
-                f"{state.api_url} (pid {server.pid}); run `cicd down` first to move it"
+                f"{state.api_url} (pid {running_server.pid}); run `cicd down` first to move it"
             )
         reused.append("server")
     else:
@@ -574,7 +593,7 @@ def up(
     state.processes = [p for p in state.processes if is_running(p)]
 
     try:
-        if "server" not in reused:
+        if server_url is None and "server" not in reused:
             if not port_is_free(host, port):
                 raise BadInput(
                     f"port {port} on {host} is already in use; pick another with --port"
@@ -607,15 +626,14 @@ def up(
             progress(f"deploying {', '.join(deployment_names(project_dir))} ...")
             deploy(api_url, project_dir, repo, directory / "deploy.log")
 
-        wanted = [worker_name(i) for i in range(1, workers + 1)]
         new_workers: list[ProcessRecord] = []
-        for index, name in enumerate(wanted, start=1):
+        for index in range(1, workers + 1):
             role = f"worker-{index}"
             existing = state.role(role)
             if existing is not None and is_running(existing):
                 reused.append(role)
                 continue
-            record = spawn(role, worker_argv(WORK_POOL, name),
+            record = spawn(role, worker_argv(WORK_POOL, worker_name(index)),
                            worker_env(api_url, paths.home()), directory, cwd=project_dir)
             started.append(record)
             new_workers.append(record)
@@ -636,12 +654,12 @@ def up(
             clear_state(directory)
         raise
 
-    server_record = state.role("server")
-    assert server_record is not None
+    if state.processes:
+        write_state(state, directory)
     return UpResult(
         api_url=api_url,
         ui_url=state.ui_url,
-        server=server_record,
+        server=state.role("server"),
         workers=state.workers(),
         deployments=names,
         reused=reused,

@@ -11,11 +11,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cicd import command, paths
 from cicd.config import PipelineConfig, SuiteConfig
 from cicd.results import JobFailed, JobResult, JobState, PipelineFailed, PipelineReport
+
+if TYPE_CHECKING:
+    from tasks.git import Checkout
 
 
 @dataclass
@@ -38,6 +41,25 @@ class PipelineRun:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def report(
+        self,
+        checkout: Checkout,
+        ref: str,
+        jobs: Iterable[JobResult],
+        sections: Iterable[str] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> PipelineReport:
+        return PipelineReport(
+            flow=self.flow,
+            repo=checkout.repo,
+            ref=ref,
+            commit=checkout.commit,
+            jobs=tuple(jobs),
+            duration=self.elapsed(),
+            extra=extra or {},
+            sections=tuple(sections),
+        )
+
 
 def _flow_run_id() -> str:
     try:
@@ -57,8 +79,16 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
     directory = paths.runs() / f"{flow}-{run_id}"
     directory.mkdir(parents=True, exist_ok=True)
     run = PipelineRun(flow, run_id, directory)
+    command.reopen()
     try:
         yield run
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            # Cancellation (Prefect's TerminationSignal), SIGTERM, Ctrl-C: jobs
+            # may still be running in worker threads; they must not start new
+            # processes once their groups are killed.
+            command.kill_all(close=True)
+        raise
     finally:
         # Prefect's cancellation kills the flow's process group; the jobs'
         # commands run in groups of their own and must be killed here.

@@ -7,21 +7,23 @@ checkout -> environment -> LLM gateway (live, or record)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Final
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import LlmMode, PipelineConfig, SuiteConfig, load_config
-from cicd.pipeline import collect, finish, pipeline_run, tool_packages
-from cicd.results import PipelineFailed, PipelineReport
+from cicd.pipeline import PipelineRun, collect, finish, pipeline_run, tool_packages
+from cicd.results import JobResult, PipelineFailed, PipelineReport
 from tasks.environments import environment_task
 from tasks.git import checkout_task
 from tasks.llm.budget import format_usd
 from tasks.notify import notify
-from tasks.testing import matrix_job, test_job
-from tasks.usage import account, llm_gateway, now, saved_recordings
+from tasks.testing import matrix_job, submit_suites
+from tasks.usage import llm_session
 
 FLOW_NAME: Final = "nightly"
 DEFAULT_MODE: Final = "live"
@@ -56,111 +58,95 @@ def failure_message(report: PipelineReport) -> str:
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
 def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> dict[str, Any]:
     logger = get_run_logger()
-    started_at = now()
     with pipeline_run(FLOW_NAME) as run:
+        # - uses: actions/checkout@v4
         checkout = checkout_task(repo, ref)
         run.workspaces.append(checkout.path)
         config = load_config(checkout.path)
         settings = config.settings(FLOW_NAME)
-        mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
         suites = nightly_suites(config)
+
+        # - run: pip install -e ".[dev,integration]"
         packages = tool_packages(config, [config.tests[s] for s in suites])
         env = environment_task(checkout.path, config.environment, packages, run.log("environment"))
 
-        recordings_copy = run.directory / "llm-recordings"
-        with llm_gateway(
-            config, mode, checkout.path, settings.budget_usd, FLOW_NAME, recordings_copy
-        ) as gateway:
-            llm_env = gateway.env(config.llm.export)
+        mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
+        with llm_session(
+            config, mode, root=checkout.path, run_id=run.run_id, flow=FLOW_NAME,
+            repo=checkout.repo, ref=ref, budget_usd=settings.budget_usd,
+            run_directory=run.directory,
+        ) as llm:  # fmt: skip
             # full-test-suite: pytest tests/ --cov --cov-report=html --junit-xml
-            futures = [
-                (
-                    name,
-                    test_job.with_options(name=f"tests-{name}").submit(
-                        name,
-                        checkout.path,
-                        env,
-                        config.tests[name],
-                        config.services,
-                        run.reports,
-                        llm_env if config.tests[name].llm else None,
-                        run.log(name),
-                        True,
-                    ),
-                )
-                for name in suites
-            ]
+            futures = submit_suites(
+                run, checkout.path, env, config, suites, llm.env, coverage_html=True
+            )
             # matrix-testing: python-version: [...] (the default version ran above)
-            matrix = matrix_suite(config)
-            for version in settings.python:
-                if matrix is None or version == config.environment.python:
-                    continue
-                entry = f"matrix-py{version}"
-                futures.append(
-                    (
-                        entry,
-                        matrix_job.with_options(name=entry).submit(
-                            entry,
-                            checkout.path,
-                            config.environment.model_copy(update={"python": version}),
-                            packages,
-                            matrix[1],
-                            config.services,
-                            run.reports / entry,
-                        ),
-                    )
-                )
+            futures += submit_matrix(run, checkout.path, config, packages, settings.python)
             jobs = list(collect(futures))
 
         # Track LLM costs: the budget fails the run, the alert threshold notifies.
-        budget, usage = account(
-            gateway,
-            run_id=run.run_id,
-            flow=FLOW_NAME,
-            repo=checkout.repo,
-            ref=ref,
-            started_at=started_at,
-            passed=all(j.state.ok for j in jobs),
-            budget_usd=settings.budget_usd,
-        )
+        budget, usage = llm.account(all(job.state.ok for job in jobs))
         jobs.append(budget)
-        spent = float(budget.details.get("spent_usd", 0.0))
-        for job in jobs:
-            if "coverage_html" in job.details:
-                create_link_artifact(
-                    key=f"nightly-coverage-{job.name}".replace("_", "-"),
-                    link=f"file://{job.details['coverage_html']}",
-                    link_text=f"coverage HTML ({job.name})",
-                )
+        publish_coverage_links(jobs)
+        report = run.report(checkout, ref, jobs, [usage], {"llm": budget.details})
 
-        report = PipelineReport(
-            flow=FLOW_NAME,
-            repo=checkout.repo,
-            ref=ref,
-            commit=checkout.commit,
-            jobs=tuple(jobs),
-            duration=run.elapsed(),
-            sections=(usage,),
-            extra={"llm": {**budget.details, "recordings": saved_recordings(recordings_copy)}},
-        )
-        # Notify on failure (if: failure()) and on an over-threshold cost.
-        subjects = []
-        if not report.passed:
-            subjects.append(("Nightly tests failed", failure_message(report)))
-        if settings.alert_usd is not None and spent > settings.alert_usd:
-            subjects.append(
-                (
-                    "Nightly LLM cost alert",
-                    f"LLM spend {format_usd(spent)} exceeds the alert threshold "
-                    f"{format_usd(settings.alert_usd)} ({checkout.repo}@{ref})",
-                )
-            )
-        notified: list[str] = []
-        for subject, body in subjects:
-            delivery = notify(config.notify, subject, body, logger)
-            notified += [f"{subject}: {target}" for target in delivery.delivered]
+        # - name: Notify on failure (if: failure()), and on an over-threshold cost
+        notified = send_notifications(report, config, float(budget.details["spent_usd"]), logger)
         try:
             return {**finish(report), "notified": notified}
         except PipelineFailed as failed:
             failed.report.extra["notified"] = notified
             raise
+
+
+def submit_matrix(
+    run: PipelineRun,
+    workspace: Path,
+    config: PipelineConfig,
+    packages: list[str],
+    versions: list[str],
+) -> list[tuple[str, PrefectFuture[JobResult]]]:
+    """One ``matrix-py<version>`` job per extra Python version, each in its own environment."""
+    matrix = matrix_suite(config)
+    futures = []
+    for version in versions:
+        if matrix is None or version == config.environment.python:
+            continue
+        entry = f"matrix-py{version}"
+        environment = config.environment.model_copy(update={"python": version})
+        future = matrix_job.with_options(name=entry).submit(
+            entry, workspace, environment, packages, matrix[1], config.services, run.reports / entry
+        )
+        futures.append((entry, future))
+    return futures
+
+
+def publish_coverage_links(jobs: list[JobResult]) -> None:
+    for job in jobs:
+        if "coverage_html" in job.details:
+            create_link_artifact(
+                key=f"nightly-coverage-{job.name}".replace("_", "-").replace(".", "-"),
+                link=f"file://{job.details['coverage_html']}",
+                link_text=f"coverage HTML ({job.name})",
+            )
+
+
+def send_notifications(
+    report: PipelineReport, config: PipelineConfig, spent: float, logger: Any
+) -> list[str]:
+    """Notify on failure and on cost over the alert threshold; what was delivered."""
+    alert = config.settings(FLOW_NAME).alert_usd
+    subjects = []
+    if not report.passed:
+        subjects.append(("Nightly tests failed", failure_message(report)))
+    if alert is not None and spent > alert:
+        subjects.append((
+            "Nightly LLM cost alert",
+            f"LLM spend {format_usd(spent)} exceeds the alert threshold {format_usd(alert)} "
+            f"({report.repo}@{report.ref})",
+        ))  # fmt: skip
+    notified: list[str] = []
+    for subject, body in subjects:
+        delivery = notify(config.notify, subject, body, logger)
+        notified += [f"{subject}: {target}" for target in delivery.delivered]
+    return notified

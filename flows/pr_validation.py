@@ -10,7 +10,7 @@ change that touches only ignored paths (docs) skips the jobs outright.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final
 
 from prefect import flow
@@ -18,13 +18,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import PipelineConfig, load_config
 from cicd.pipeline import PipelineRun, collect, finish, pipeline_run, tool_packages
-from cicd.results import JobResult, JobState, PipelineReport
+from cicd.results import JobResult, JobState
 from tasks.changes import only_ignored, source_fingerprint
-from tasks.environments import Environment, environment_task
+from tasks.environments import environment_task
 from tasks.git import Checkout, changed_files, checkout_task
-from tasks.quality import quality_job
-from tasks.testing import test_job
-from tasks.usage import account, llm_gateway, now
+from tasks.quality import submit_quality
+from tasks.testing import submit_suites
+from tasks.usage import LlmSession, llm_session
 
 FLOW_NAME: Final = "pr-validation"
 # The seed: PR runs use a mock LLM (free, fast).
@@ -56,30 +56,18 @@ def skip_reason(checkout: Checkout, config: PipelineConfig, base: str | None) ->
     return f"skipped: only paths no job depends on changed ({shown}; ignore_paths)"
 
 
-def submit_jobs(
-    run: PipelineRun,
-    checkout: Checkout,
-    config: PipelineConfig,
-    env: Environment,
-    inputs_key: str,
-    llm_env: dict[str, str] | None,
-) -> tuple[JobResult, ...]:
-    futures = []
-    if config.quality.tools():
-        future = quality_job.submit(
-            checkout.path, env, config.quality, run.log("quality"), inputs_key
-        )
-        futures.append(("quality", future))
-    for name in pr_suites(config):
-        suite = config.tests[name]
-        future = test_job.with_options(name=f"tests-{name}").submit(
-            name, checkout.path, env, suite, config.services, run.reports,
-            llm_env if suite.llm else None, run.log(name), False,
-            # An LLM suite's answers are not a function of the inputs: never cached.
-            None if suite.llm else inputs_key,
-        )  # fmt: skip
-        futures.append((name, future))
-    return collect(futures)
+def mock_llm(
+    run: PipelineRun, checkout: Checkout, config: PipelineConfig, ref: str
+) -> AbstractContextManager[LlmSession | None]:
+    """The LLM gateway (mock by default) when a PR suite needs one, else nothing."""
+    if not any(config.tests[name].llm for name in pr_suites(config)):
+        return nullcontext(None)
+    settings = config.settings(FLOW_NAME)
+    return llm_session(
+        config, settings.llm_mode or DEFAULT_LLM_MODE, root=checkout.path, run_id=run.run_id,
+        flow=FLOW_NAME, repo=checkout.repo, ref=ref, budget_usd=settings.budget_usd,
+        run_directory=run.directory,
+    )  # fmt: skip
 
 
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
@@ -91,7 +79,6 @@ def pr_validation(
         from cicd.concurrency import cancel_older_runs
 
         cancel_older_runs(FLOW_NAME, group)
-    started_at = now()
     with pipeline_run(FLOW_NAME) as run:
         # - uses: actions/checkout@v4
         checkout = checkout_task(repo, ref)
@@ -101,9 +88,10 @@ def pr_validation(
         # on: pull_request: paths-ignore (docs) -> nothing to run
         reason = skip_reason(checkout, config, base)
         if reason is not None:
-            skipped = tuple(JobResult(n, JobState.SKIPPED, 0.0, reason=reason)
-                            for n in job_names(config))  # fmt: skip
-            return finish(report(checkout, ref, skipped, run))
+            skipped = [
+                JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in job_names(config)
+            ]
+            return finish(run.report(checkout, ref, skipped))
 
         # - run: pip install -e ".[dev]"   (reused while the dependency inputs are unchanged)
         suites = [config.tests[name] for name in pr_suites(config)]
@@ -112,39 +100,18 @@ def pr_validation(
         )
         inputs_key = source_fingerprint(checkout.path, config.ignore_paths)
 
-        # jobs: quality, unit-tests, framework-tests (in parallel); a mock LLM if any job needs one
-        settings = config.settings(FLOW_NAME)
-        needs_llm = any(suite.llm for suite in suites)
-        mode = settings.llm_mode or DEFAULT_LLM_MODE
-        gateway_context = (
-            llm_gateway(config, mode, checkout.path, settings.budget_usd, FLOW_NAME)
-            if needs_llm
-            else nullcontext(None)
-        )
-        with gateway_context as gateway:
-            llm_env = gateway.env(config.llm.export) if gateway is not None else None
-            jobs = submit_jobs(run, checkout, config, env, inputs_key, llm_env)
-        sections: tuple[str, ...] = ()
-        if gateway is not None:
-            budget, usage = account(
-                gateway, run_id=run.run_id, flow=FLOW_NAME, repo=checkout.repo, ref=ref,
-                started_at=started_at, passed=all(j.state.ok for j in jobs),
-                budget_usd=settings.budget_usd,
+        # jobs: quality, unit-tests, framework-tests (in parallel)
+        with mock_llm(run, checkout, config, ref) as llm:
+            futures = submit_quality(run, checkout.path, env, config.quality, inputs_key)
+            futures += submit_suites(
+                run, checkout.path, env, config, pr_suites(config),
+                llm.env if llm else None, inputs_key=inputs_key,
             )  # fmt: skip
-            jobs, sections = (*jobs, budget), (usage,)
+            jobs = collect(futures)
+        sections: list[str] = []
+        if llm is not None:
+            budget, usage = llm.account(all(job.state.ok for job in jobs))
+            jobs, sections = (*jobs, budget), [usage]
 
         # PR blocked if any job fails
-        return finish(report(checkout, ref, jobs, run, sections))
-
-
-def report(
-    checkout: Checkout,
-    ref: str,
-    jobs: tuple[JobResult, ...],
-    run: PipelineRun,
-    sections: tuple[str, ...] = (),
-) -> PipelineReport:
-    return PipelineReport(
-        flow=FLOW_NAME, repo=checkout.repo, ref=ref, commit=checkout.commit,
-        jobs=jobs, duration=run.elapsed(), sections=sections,
-    )  # fmt: skip
+        return finish(run.report(checkout, ref, jobs, sections))

@@ -19,12 +19,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import PipelineConfig, ReleaseConfig, load_config
 from cicd.pipeline import collect, finish, pipeline_run, tool_packages
-from cicd.results import JobResult, JobState, PipelineFailed, PipelineReport
+from cicd.results import JobResult, JobState
 from tasks import changelog, packaging
 from tasks.environments import environment_task
 from tasks.git import checkout_task
-from tasks.reports import publish_report
-from tasks.testing import test_job
+from tasks.testing import submit_suites
 
 FLOW_NAME: Final = "release"
 JOB_RUNNER: Any = ThreadPoolTaskRunner(max_workers=4)
@@ -100,49 +99,12 @@ def release(
 
         # validate: run full test suite (stop on any failure)
         suites = release_suites(config)
-        env = environment_task(
-            checkout.path,
-            config.environment,
-            tool_packages(config, [config.tests[s] for s in suites]),
-            run.log("environment"),
-        )
-        jobs = list(
-            collect(
-                (
-                    suite,
-                    test_job.with_options(name=f"tests-{suite}").submit(
-                        suite,
-                        checkout.path,
-                        env,
-                        config.tests[suite],
-                        config.services,
-                        run.reports,
-                        None,
-                        run.log(suite),
-                    ),
-                )
-                for suite in suites
-            )
-        )
-
-        def report(
-            extra: dict[str, Any] | None = None, sections: tuple[str, ...] = ()
-        ) -> PipelineReport:
-            return PipelineReport(
-                flow=FLOW_NAME,
-                repo=checkout.repo,
-                ref=ref,
-                commit=checkout.commit,
-                jobs=tuple(jobs),
-                duration=run.elapsed(),
-                extra=extra or {},
-                sections=sections,
-            )
-
+        packages = tool_packages(config, [config.tests[s] for s in suites])
+        env = environment_task(checkout.path, config.environment, packages, run.log("environment"))
+        jobs = list(collect(submit_suites(run, checkout.path, env, config, suites)))
         if not all(job.state.ok for job in jobs):
             jobs.append(JobResult("publish", JobState.SKIPPED, 0.0, reason="tests failed"))
-            publish_report(report())
-            raise PipelineFailed(report())
+            return finish(run.report(checkout, ref, jobs))
 
         # build: python -m build; twine check --strict
         epoch = int(_commit_time(checkout.path, checkout.commit))
@@ -189,7 +151,10 @@ def release(
             version,
             {a: len(published.names(a)) for a in ("uploaded", "skipped", "would-upload")},
         )
-        return {**finish(report(extra={"release": record})), "release": record}
+        return {
+            **finish(run.report(checkout, ref, jobs, extra={"release": record})),
+            "release": record,
+        }
 
 
 def _commit_time(root: Path, commit: str) -> str:

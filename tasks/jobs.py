@@ -44,6 +44,8 @@ def run_step(
         )
     except FileNotFoundError as exc:
         return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
+    except command.Cancelled as exc:
+        return StepResult(name, " ".join(argv), -15, 0.0, output_tail=str(exc))
     return StepResult(
         name=name,
         command=result.display,

@@ -9,14 +9,19 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
+from prefect.futures import PrefectFuture
 
 from cicd.config import QualityConfig, ToolConfig
 from cicd.results import JobResult
 from tasks.changes import job_cache_key
 from tasks.environments import Environment
 from tasks.jobs import Deadline, failure_reason, raise_unless_ok, run_step, state_of
+
+if TYPE_CHECKING:
+    from cicd.pipeline import PipelineRun
 
 JOB_NAME = "quality"
 
@@ -72,3 +77,12 @@ def quality_job(
 ) -> JobResult:
     """``inputs_key`` (the source fingerprint) turns on caching: same inputs, same result."""
     return raise_unless_ok(run_quality(workspace, env, config, log_path))
+
+
+def submit_quality(
+    run: PipelineRun, workspace: Path, env: Environment, config: QualityConfig, inputs_key: str
+) -> list[tuple[str, PrefectFuture[JobResult]]]:
+    """The quality job as a started task, or nothing when no tool is configured."""
+    if not config.tools():
+        return []
+    return [(JOB_NAME, quality_job.submit(workspace, env, config, run.log(JOB_NAME), inputs_key))]

@@ -12,15 +12,22 @@ import time
 import xml.etree.ElementTree as ET
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
+from prefect.futures import PrefectFuture
 
-from cicd.config import EnvironmentConfig, ServiceConfig, SuiteConfig
+from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, TestCounts, TestFailure
 from tasks.changes import job_cache_key
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
 from tasks.jobs import Deadline, failure_reason, raise_unless_ok, run_step, state_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from cicd.pipeline import PipelineRun
 
 # pytest's exit codes (pytest.ExitCode), named for the messages below.
 PYTEST_TESTS_FAILED = 1
@@ -220,6 +227,30 @@ def run_suite_with_services(
             log_path,
             coverage_html,
         )
+
+
+def submit_suites(
+    run: PipelineRun,
+    workspace: Path,
+    env: Environment,
+    config: PipelineConfig,
+    names: Iterable[str],
+    llm_env: dict[str, str] | None = None,
+    coverage_html: bool = False,
+    inputs_key: str | None = None,
+) -> list[tuple[str, PrefectFuture[JobResult]]]:
+    """Start one ``tests-<name>`` task per suite, in parallel; the LLM variables go
+    only to suites that need an LLM, whose answers are never cached."""
+    futures = []
+    for name in names:
+        suite = config.tests[name]
+        future = test_job.with_options(name=f"tests-{name}").submit(
+            name, workspace, env, suite, config.services, run.reports,
+            llm_env if suite.llm else None, run.log(name), coverage_html,
+            None if suite.llm else inputs_key,
+        )  # fmt: skip
+        futures.append((name, future))
+    return futures
 
 
 @task(name="matrix")

@@ -1,7 +1,7 @@
 """The LLM side of a run: the gateway the test jobs talk to, then what it cost.
 
-A flow opens one gateway for the run (``llm_gateway``), hands its variables
-to the jobs that need an LLM, and afterwards ``account`` records every call
+A flow opens one gateway for the run (``llm_session``), hands its variables
+to the jobs that need an LLM, and afterwards ``LlmSession.account`` records every call
 in the cost store, publishes the usage, and turns an over-budget run into a
 failed ``llm-budget`` job with the spend shown.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cicd.config import LlmMode, PipelineConfig
 from cicd.errors import BadInput
 from cicd.results import JobResult, JobState
-from tasks.llm import CallRecord, Gateway, gateway_from_config, install_redactor, load_api_key
+from tasks.llm import CallRecord, Gateway, gateway_from_config, load_api_key
 from tasks.llm.budget import BudgetExceeded, check_budget, format_usd
 from tasks.llm.costs import CostStore
 
@@ -25,20 +26,48 @@ BUDGET_JOB = "llm-budget"
 UPSTREAM_MODES = ("live", "record")
 
 
+@dataclass
+class LlmSession:
+    """The run's gateway and what is needed to account for it afterwards."""
+
+    gateway: Gateway
+    env: dict[str, str]
+    run_id: str
+    flow: str
+    repo: str
+    ref: str
+    budget_usd: float | None
+    recordings: Path
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def account(self, passed: bool, store: CostStore | None = None) -> tuple[JobResult, str]:
+        """Record the calls; the ``llm-budget`` job and the usage section of the summary."""
+        budget, section = account(
+            self.gateway, run_id=self.run_id, flow=self.flow, repo=self.repo, ref=self.ref,
+            started_at=self.started_at, passed=passed, budget_usd=self.budget_usd, store=store,
+        )  # fmt: skip
+        saved = str(self.recordings) if self.recordings.is_dir() else None
+        return replace(budget, details={**budget.details, "recordings": saved}), section
+
+
 @contextmanager
-def llm_gateway(
+def llm_session(
     config: PipelineConfig,
     mode: LlmMode,
+    *,
     root: Path,
+    run_id: str,
+    flow: str,
+    repo: str,
+    ref: str,
     budget_usd: float | None,
-    label: str,
-    save_recordings_to: Path | None = None,
-) -> Iterator[Gateway]:
+    run_directory: Path,
+) -> Iterator[LlmSession]:
     """A started gateway for the checked-out target at ``root``; stopped on exit.
 
     In record mode the exchanges are written into the workspace, which is
-    deleted with the run; they are copied to ``save_recordings_to`` (the run
-    directory) so they can be committed to the target for later replays.
+    deleted with the run; they are copied to the run directory so they can be
+    committed to the target for later replays.
     """
     api_key = None
     if mode in UPSTREAM_MODES:
@@ -47,25 +76,22 @@ def llm_gateway(
                 f"cicd.yaml: field 'llm.api_key_secret': LLM mode {mode!r} needs the name of the "
                 "Prefect Secret block holding the upstream API key"
             )
+        # load_api_key also installs the log redactor for it: Prefect does not
+        # redact secrets from logs by itself (shared notes).
         api_key = load_api_key(config.llm.api_key_secret)
-        # Prefect does not redact secrets from logs by itself (shared notes).
-        install_redactor([api_key])
     gateway = gateway_from_config(
-        config.llm,
-        mode,
-        root,
-        api_key=api_key,
-        budget_usd=budget_usd,
-        budget_label=label,
+        config.llm, mode, root, api_key=api_key, budget_usd=budget_usd, budget_label=flow
     )
+    saved = run_directory / "llm-recordings"
     gateway.start()
     try:
-        yield gateway
+        env = gateway.env(config.llm.export)
+        yield LlmSession(gateway, env, run_id, flow, repo, ref, budget_usd, saved)
     finally:
         gateway.stop()
         recordings = root / config.llm.recordings
-        if mode == "record" and save_recordings_to is not None and recordings.is_dir():
-            shutil.copytree(recordings, save_recordings_to, dirs_exist_ok=True)
+        if mode == "record" and recordings.is_dir():
+            shutil.copytree(recordings, saved, dirs_exist_ok=True)
 
 
 def usage_markdown(calls: Sequence[CallRecord], mode: str, budget_usd: float | None) -> str:
@@ -146,12 +172,3 @@ def account(
             section,
         )
     return JobResult(BUDGET_JOB, JobState.PASSED, 0.0, details=details), section
-
-
-def saved_recordings(directory: Path) -> str | None:
-    """Where a record-mode run left its exchanges, or None when it recorded nothing."""
-    return str(directory) if directory.is_dir() else None
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

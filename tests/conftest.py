@@ -29,6 +29,10 @@ def free_port() -> int:
 
 
 _PREFECT_PORT = free_port()
+# The Neo4j jars stay where scripts/provision-neo4j put them (the user's CICD_HOME),
+# not in this session's: 123 MB copied per session would be wasted.
+_user_home = Path(os.environ.get("CICD_HOME") or Path.home() / ".cache" / "cicd-flows")
+os.environ.setdefault("CICD_NEO4J_HOME", str(_user_home / "services" / "neo4j" / "5.26.30"))
 os.environ.update(
     {
         "CICD_HOME": str(_SESSION_DIR / "cicd-home"),

@@ -44,8 +44,12 @@ def test_green_commit_passes_every_job(sample_repos: dict[str, Path]) -> None:
     assert [step["name"] for step in jobs["quality"]["steps"]] == ["ruff", "mypy", "black"]
     assert (jobs["unit"]["passed"], jobs["unit"]["failed"], jobs["unit"]["skipped"]) == (12, 0, 0)
     assert 50 < jobs["unit"]["coverage_percent"] <= 100
-    # The framework job ran the Neo4j tests against a real server, none skipped.
+    # The framework job ran the Neo4j tests against a real server, none skipped,
+    # and the server is gone.
     assert (jobs["framework"]["passed"], jobs["framework"]["skipped"]) == (3, 0)
+    from tests.test_pr_services import neo4j_servers
+
+    assert neo4j_servers() == []
 
 
 def test_lint_error_fails_only_the_quality_job(sample_repos: dict[str, Path]) -> None:

@@ -1,0 +1,29 @@
+"""``cicd down``: stop what ``cicd up`` started, workers before the server, by pid."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cicd import local_server
+from cicd.errors import BadInput
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options: it stops exactly what the state directory records
+
+
+def run(args: argparse.Namespace) -> int:
+    del args
+    try:
+        results = local_server.down()
+    except BadInput as exc:
+        print(f"cicd: error: {exc}", file=sys.stderr)
+        return 2
+    if not results:
+        print("nothing to stop: no local stack is recorded in "
+              f"{local_server.state_dir()}")
+        return 0
+    for result in results:
+        print(f"{result.role:<16} pid {result.pid:<8} {result.outcome}")
+    return 0

@@ -1,0 +1,78 @@
+"""``cicd up``: a local Prefect server, the work pool, every deployment of
+prefect.yaml and a worker, so pipelines run the way Prefect users run them
+(``prefect deployment run``, cron schedules, the UI). ``cicd down`` stops it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cicd import local_server
+from cicd.errors import BadInput, CicdError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default=local_server.DEFAULT_HOST,
+        help=f"address the server listens on (default: {local_server.DEFAULT_HOST})",
+    )
+    parser.add_argument(
+        "--port", type=int, default=local_server.DEFAULT_PORT,
+        help=f"port of the server and its UI (default: {local_server.DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="process workers to start (default: 1)"
+    )
+    parser.add_argument(
+        "--server-url", metavar="API_URL",
+        help="use this running Prefect API (http://host:4200/api) instead of starting a server",
+    )
+    parser.add_argument(
+        "--repo",
+        help="default target repository of the deployments, used by the nightly schedule "
+        "(default: $CICD_REPO, else the embedded sample project)",
+    )
+    parser.add_argument(
+        "--no-deploy", action="store_true",
+        help="do not (re)deploy prefect.yaml; only start what is not running",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        result = local_server.up(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            repo=args.repo,
+            server_url=args.server_url,
+            run_deploy=not args.no_deploy,
+            progress=progress,
+        )
+    except BadInput as exc:
+        print(f"cicd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CicdError as exc:
+        print(f"cicd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    directory = local_server.state_dir()
+    reused = f" (already running: {', '.join(result.reused)})" if result.reused else ""
+    where = f"pid {result.server.pid}" if result.server else "not started by cicd"
+    print(f"Prefect server  {result.api_url}  {where}{reused}")
+    for worker in result.workers:
+        print(f"worker          pool {local_server.WORK_POOL}  pid {worker.pid}")
+    for name in result.deployments:
+        print(f"deployment      {name}")
+    print(f"state and logs  {directory}")
+    print(f"UI              {result.ui_url}")
+    print(f"\nexport PREFECT_API_URL={result.api_url}  # for the prefect CLI")
+    print("stop it all with: cicd down")
+    return EXIT_OK
