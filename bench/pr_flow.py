@@ -103,7 +103,7 @@ def timed(fn: object, *args: object, **kwargs: object) -> tuple[float, object]:
     started = time.perf_counter()
     try:
         result = fn(*args, **kwargs)  # type: ignore[operator]
-    except Exception as exc:  # noqa: BLE001 - a failed pipeline still has a time
+    except Exception as exc:
         result = exc
     return time.perf_counter() - started, result
 
@@ -113,10 +113,10 @@ def median(values: list[float]) -> float:
 
 
 def flow_vs_shell(repo: Path, runs: int) -> dict[str, object]:
-    from flows.pr_validation import pr_validation
-    from tasks.environments import ensure_environment
     from cicd.config import load_config
     from cicd.pipeline import tool_packages
+    from flows.pr_validation import pr_validation
+    from tasks.environments import ensure_environment
 
     # The variant without the Neo4j job, on a branch of its own.
     git(repo, "checkout", "--quiet", "-B", "bench-no-neo4j", "main")

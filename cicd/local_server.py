@@ -281,8 +281,15 @@ def server_argv(host: str, port: int) -> list[str]:
 
 def worker_argv(pool: str, name: str) -> list[str]:
     return [
-        prefect_executable(), "worker", "start", "--pool", pool, "--type", "process",
-        "--name", name,
+        prefect_executable(),
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--name",
+        name,
     ]
 
 
@@ -369,9 +376,7 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def wait_for_health(
-    api_url: str, timeout: float, alive: Callable[[], bool], log: Path
-) -> None:
+def wait_for_health(api_url: str, timeout: float, alive: Callable[[], bool], log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if api_healthy(api_url):
@@ -401,8 +406,9 @@ def port_is_free(host: str, port: int) -> bool:
 # --- starting ------------------------------------------------------------------
 
 
-def spawn(role: str, argv: Sequence[str], env: Mapping[str, str], directory: Path,
-          cwd: Path | None = None) -> ProcessRecord:
+def spawn(
+    role: str, argv: Sequence[str], env: Mapping[str, str], directory: Path, cwd: Path | None = None
+) -> ProcessRecord:
     """Start a long-lived process in its own session with its output in ``<role>.log``."""
     log_path = directory / f"{role}.log"
     with log_path.open("ab") as log:
@@ -488,8 +494,9 @@ def deployed_names(api_url: str) -> list[str]:
     return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in deployments)
 
 
-def deploy(api_url: str, project_dir: Path, repo: str, log: Path,
-           prefect_file: str = PREFECT_FILE) -> None:
+def deploy(
+    api_url: str, project_dir: Path, repo: str, log: Path, prefect_file: str = PREFECT_FILE
+) -> None:
     """``prefect --no-prompt deploy --all`` from the project directory."""
     result = command.run(
         deploy_argv(prefect_file),
@@ -503,8 +510,9 @@ def deploy(api_url: str, project_dir: Path, repo: str, log: Path,
         raise InfrastructureError(f"prefect deploy {why}:\n{result.tail(LOG_TAIL_LINES)}")
 
 
-def wait_for_workers(api_url: str, pool: str, names: Sequence[str], timeout: float,
-                     records: Sequence[ProcessRecord]) -> None:
+def wait_for_workers(
+    api_url: str, pool: str, names: Sequence[str], timeout: float, records: Sequence[ProcessRecord]
+) -> None:
     """Wait until every named worker has sent a heartbeat to the server."""
     from prefect.client.schemas.objects import WorkerStatus
 
@@ -519,7 +527,8 @@ def wait_for_workers(api_url: str, pool: str, names: Sequence[str], timeout: flo
                 )
         with _client(api_url) as client:
             online = {
-                w.name for w in client.read_workers_for_work_pool(pool)
+                w.name
+                for w in client.read_workers_for_work_pool(pool)
                 if w.status == WorkerStatus.ONLINE
             }
         missing = set(names) - online
@@ -595,19 +604,20 @@ def up(
     try:
         if server_url is None and "server" not in reused:
             if not port_is_free(host, port):
-                raise BadInput(
-                    f"port {port} on {host} is already in use; pick another with --port"
-                )
+                raise BadInput(f"port {port} on {host} is already in use; pick another with --port")
             progress(f"starting the Prefect server on {api_url} ...")
             record = spawn(
-                "server", server_argv(host, port),
-                server_env(api_url, directory / "prefect-home"), directory,
+                "server",
+                server_argv(host, port),
+                server_env(api_url, directory / "prefect-home"),
+                directory,
             )
             started.append(record)
             state.processes.append(record)
             write_state(state, directory)
-            wait_for_health(api_url, SERVER_START_TIMEOUT, lambda: is_running(record),
-                            Path(record.log))
+            wait_for_health(
+                api_url, SERVER_START_TIMEOUT, lambda: is_running(record), Path(record.log)
+            )
 
         if ensure_work_pool(api_url):
             progress(f"created work pool {WORK_POOL}")
@@ -633,17 +643,26 @@ def up(
             if existing is not None and is_running(existing):
                 reused.append(role)
                 continue
-            record = spawn(role, worker_argv(WORK_POOL, worker_name(index)),
-                           worker_env(api_url, paths.home()), directory, cwd=project_dir)
+            record = spawn(
+                role,
+                worker_argv(WORK_POOL, worker_name(index)),
+                worker_env(api_url, paths.home()),
+                directory,
+                cwd=project_dir,
+            )
             started.append(record)
             new_workers.append(record)
             state.processes.append(record)
             write_state(state, directory)
         if new_workers:
             progress(f"starting {len(new_workers)} worker(s) on {WORK_POOL} ...")
-            wait_for_workers(api_url, WORK_POOL,
-                             [worker_name(int(r.role.split("-")[1])) for r in new_workers],
-                             WORKER_READY_TIMEOUT, new_workers)
+            wait_for_workers(
+                api_url,
+                WORK_POOL,
+                [worker_name(int(r.role.split("-")[1])) for r in new_workers],
+                WORKER_READY_TIMEOUT,
+                new_workers,
+            )
         names = deployed_names(api_url)
     except BaseException:
         _stop_records(started)
@@ -683,9 +702,44 @@ def _stop_records(records: Sequence[ProcessRecord]) -> list[StopResult]:
 
 def _stop_flow_run(owner: str, pid: int) -> StopResult:
     """Stop a flow-run process a worker left behind, if it is still there."""
-    record = ProcessRecord(role=f"{owner}-run", pid=pid,
-                           start_time=process_start_time(pid), argv=[], log="")
+    record = ProcessRecord(
+        role=f"{owner}-run", pid=pid, start_time=process_start_time(pid), argv=[], log=""
+    )
     return stop_process(record, grace=10.0)
+
+
+def cancel_orphaned_runs(api_url: str, pool: str = WORK_POOL) -> list[StopResult]:
+    """Mark the runs our stopped workers left Pending/Running/Cancelling as Cancelled.
+
+    A worker stopped by SIGTERM kills its flow-run processes, but nobody
+    reports their end: the UI would show them running forever. Scheduled runs
+    are kept: the next ``cicd up`` runs them.
+    """
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    active = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+    results: list[StopResult] = []
+    with _client(api_url) as client:
+        runs = client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active))
+            ),
+        )
+        for run in runs:
+            client.set_flow_run_state(
+                run.id, Cancelled(message="stopped by cicd down"), force=True
+            )
+            results.append(StopResult(f"run {run.name}", run.infrastructure_pid or 0, "cancelled"))
+    return results
 
 
 def down() -> list[StopResult]:
@@ -694,6 +748,15 @@ def down() -> list[StopResult]:
     state = read_state(directory)
     if state is None:
         return []
-    results = _stop_records(state.processes)
+    server = state.role("server")
+    results = _stop_records([p for p in state.processes if p is not server])
+    if server is not None and is_running(server):
+        # Only on our own server: on a shared one (--server-url) other workers'
+        # runs are in the same pool.
+        try:
+            results.extend(cancel_orphaned_runs(state.api_url))
+        except Exception as exc:  # the server must still be stopped
+            results.append(StopResult(f"cancelling runs failed: {exc}", 0, "skipped"))
+        results.append(stop_process(server))
     clear_state(directory)
     return results

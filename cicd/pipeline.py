@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from cicd import command, paths
 from cicd.config import PipelineConfig, SuiteConfig
-from cicd.results import JobFailed, JobResult, JobState, PipelineFailed, PipelineReport
+from cicd.results import JobResult, JobState, PipelineFailed, PipelineReport
 
 if TYPE_CHECKING:
     from tasks.git import Checkout
+
+# What a flow returns: its report as JSON, or a Failed state carrying PipelineFailed.
+FlowOutcome = Any
 
 
 @dataclass
@@ -108,8 +111,8 @@ def job_result(name: str, future: Any) -> JobResult:
             result = replace(result, state=JobState.CACHED, reason="served from the Prefect cache")
         return result  # type: ignore[no-any-return]
     outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, JobFailed):
-        return outcome.result
+    if isinstance(outcome, JobResult):  # a Failed state carrying the job's result
+        return outcome
     message = str(outcome) if isinstance(outcome, BaseException) else (state.message or state.name)
     return JobResult(
         name=name, state=JobState.FAILED, duration=0.0, reason=f"{state.name}: {message}"
@@ -120,13 +123,21 @@ def collect(futures: Iterable[tuple[str, Any]]) -> tuple[JobResult, ...]:
     return tuple(job_result(name, future) for name, future in futures)
 
 
-def finish(report: PipelineReport) -> dict[str, Any]:
-    """Publish the summary artifacts, then gate: raise when any job failed."""
+def finish(report: PipelineReport) -> FlowOutcome:
+    """Publish the summary artifacts, then gate: a failed report fails the flow.
+
+    The flow returns a Failed state rather than raising, so Prefect logs one
+    line instead of a traceback; calling the flow still raises the
+    ``PipelineFailed`` it carries, with the whole report.
+    """
+    from prefect.states import Failed
+
     from tasks.reports import publish_report
 
     publish_report(report)
     if not report.passed:
-        raise PipelineFailed(report)
+        failed = PipelineFailed(report)
+        return Failed(message=str(failed), data=failed)
     return report.to_json()
 
 

@@ -131,17 +131,6 @@ class PipelineReport:
         }
 
 
-class JobFailed(CicdError):
-    """Raised by a job task so that Prefect marks that task Failed; carries the result."""
-
-    def __init__(self, result: JobResult) -> None:
-        self.result = result
-        super().__init__(f"job {result.name} {result.state.value}: {result.reason}")
-
-    def __reduce__(self) -> tuple[type[JobFailed], tuple[JobResult]]:
-        return (type(self), (self.result,))
-
-
 class PipelineFailed(CicdError):
     """Raised by a flow whose gate failed; carries the whole report."""
 

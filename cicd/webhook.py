@@ -326,7 +326,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, data = self._handle()
         _log.info(
             "webhook %s %s delivery=%s -> %d %s",
-            self._header(EVENT_HEADERS) or "?", self.path, delivery, status,
+            self._header(EVENT_HEADERS) or "?",
+            self.path,
+            delivery,
+            status,
             data.get("reason") or data.get("error") or data.get("flow_run_id") or "",
         )
         self._reply(status, data)

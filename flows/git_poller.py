@@ -102,8 +102,12 @@ class PollOutcome:
             "repo": self.repo,
             "baseline": self.baseline,
             "started": [
-                {"deployment": t.deployment, "parameters": t.parameters,
-                 "description": t.description, "flow_run_id": run_id}
+                {
+                    "deployment": t.deployment,
+                    "parameters": t.parameters,
+                    "description": t.description,
+                    "flow_run_id": run_id,
+                }
                 for t, run_id in self.started
             ],
             "ignored": [i.reason for i in self.ignored],
@@ -180,9 +184,7 @@ def diff_refs(
     return changes
 
 
-def state_after(
-    old: RemoteRefs | None, new: RemoteRefs, failed: Sequence[RefChange]
-) -> RemoteRefs:
+def state_after(old: RemoteRefs | None, new: RemoteRefs, failed: Sequence[RefChange]) -> RemoteRefs:
     """What to remember: ``new``, except refs whose run could not be started, which
     keep their old value so that the next poll tries again."""
     if old is None:
@@ -190,9 +192,7 @@ def state_after(
     branches = dict(new.branches)
     tags = dict(new.tags)
     for change in failed:
-        current, before = (
-            (branches, old.branches) if change.kind == "branch" else (tags, old.tags)
-        )
+        current, before = (branches, old.branches) if change.kind == "branch" else (tags, old.tags)
         if change.name in before:
             current[change.name] = before[change.name]
         else:
@@ -366,13 +366,19 @@ def git_poller(
         if outcome.baseline:
             logger.info("%s: first poll, refs recorded, nothing started", outcome.repo)
         for trigger, run_id in outcome.started:
-            logger.info("%s: %s -> %s run %s", outcome.repo, trigger.description,
-                        trigger.deployment, run_id)
+            logger.info(
+                "%s: %s -> %s run %s", outcome.repo, trigger.description, trigger.deployment, run_id
+            )
         for ignored in outcome.ignored:
             logger.info("%s: %s", outcome.repo, ignored.reason)
         for trigger, error in outcome.failed:
-            logger.error("%s: could not start %s for %s: %s", outcome.repo,
-                         trigger.deployment, trigger.description, error)
+            logger.error(
+                "%s: could not start %s for %s: %s",
+                outcome.repo,
+                trigger.deployment,
+                trigger.description,
+                error,
+            )
     failures = [f for o in outcomes for f in o.failed]
     if failures:
         raise InfrastructureError(f"{len(failures)} run(s) could not be started; retried next poll")

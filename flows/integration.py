@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import LlmMode, PipelineConfig, load_config
-from cicd.pipeline import collect, finish, pipeline_run, tool_packages
+from cicd.pipeline import FlowOutcome, collect, finish, pipeline_run, tool_packages
 from cicd.results import JobResult, JobState
 from tasks.benchmarks import JOB_NAME as BENCHMARK_JOB
 from tasks.benchmarks import benchmark_job
@@ -40,7 +40,7 @@ def integration_suites(config: PipelineConfig) -> list[str]:
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
 def integration(
     repo: str, ref: str = "HEAD", base: str | None = None, llm_mode: LlmMode | None = None
-) -> dict[str, Any]:
+) -> FlowOutcome:
     with pipeline_run(FLOW_NAME) as run:
         # - uses: actions/checkout@v4
         checkout = checkout_task(repo, ref)

@@ -12,14 +12,14 @@ from typing import Any, Final
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
-from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import LlmMode, PipelineConfig, SuiteConfig, load_config
-from cicd.pipeline import PipelineRun, collect, finish, pipeline_run, tool_packages
-from cicd.results import JobResult, PipelineFailed, PipelineReport
+from cicd.pipeline import FlowOutcome, PipelineRun, collect, finish, pipeline_run, tool_packages
+from cicd.results import JobResult, PipelineReport
 from tasks.environments import environment_task
 from tasks.git import checkout_task
+from tasks.jobs import JobFuture
 from tasks.llm.budget import format_usd
 from tasks.notify import notify
 from tasks.testing import matrix_job, submit_suites
@@ -56,7 +56,7 @@ def failure_message(report: PipelineReport) -> str:
 
 
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
-def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> dict[str, Any]:
+def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> FlowOutcome:
     logger = get_run_logger()
     with pipeline_run(FLOW_NAME) as run:
         # - uses: actions/checkout@v4
@@ -92,11 +92,8 @@ def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> di
 
         # - name: Notify on failure (if: failure()), and on an over-threshold cost
         notified = send_notifications(report, config, float(budget.details["spent_usd"]), logger)
-        try:
-            return {**finish(report), "notified": notified}
-        except PipelineFailed as failed:
-            failed.report.extra["notified"] = notified
-            raise
+        report.extra["notified"] = notified
+        return finish(report)
 
 
 def submit_matrix(
@@ -105,7 +102,7 @@ def submit_matrix(
     config: PipelineConfig,
     packages: list[str],
     versions: list[str],
-) -> list[tuple[str, PrefectFuture[JobResult]]]:
+) -> list[tuple[str, JobFuture]]:
     """One ``matrix-py<version>`` job per extra Python version, each in its own environment."""
     matrix = matrix_suite(config)
     futures = []

@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import PipelineConfig, load_config
-from cicd.pipeline import PipelineRun, collect, finish, pipeline_run, tool_packages
+from cicd.pipeline import FlowOutcome, PipelineRun, collect, finish, pipeline_run, tool_packages
 from cicd.results import JobResult, JobState
 from tasks.changes import only_ignored, source_fingerprint
 from tasks.environments import environment_task
@@ -73,7 +73,7 @@ def mock_llm(
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
 def pr_validation(
     repo: str, ref: str = "HEAD", base: str | None = None, group: str | None = None
-) -> dict[str, Any]:
+) -> FlowOutcome:
     """``group`` (e.g. ``repo#branch``): a newer run of the same group cancels this one."""
     if group:
         from cicd.concurrency import cancel_older_runs

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import PipelineConfig, ReleaseConfig, load_config
-from cicd.pipeline import collect, finish, pipeline_run, tool_packages
+from cicd.pipeline import FlowOutcome, collect, finish, pipeline_run, tool_packages
 from cicd.results import JobResult, JobState
 from tasks import changelog, packaging
 from tasks.environments import environment_task
@@ -86,7 +86,7 @@ def packaging_retryable(state: Any) -> bool:
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
 def release(
     repo: str, ref: str, dry_run: bool = False, repository_url: str | None = None
-) -> dict[str, Any]:
+) -> FlowOutcome:
     logger = get_run_logger()
     with pipeline_run(FLOW_NAME) as run:
         checkout = checkout_task(repo, ref)
@@ -151,10 +151,7 @@ def release(
             version,
             {a: len(published.names(a)) for a in ("uploaded", "skipped", "would-upload")},
         )
-        return {
-            **finish(run.report(checkout, ref, jobs, extra={"release": record})),
-            "release": record,
-        }
+        return finish(run.report(checkout, ref, jobs, extra={"release": record}))
 
 
 def _commit_time(root: Path, commit: str) -> str:

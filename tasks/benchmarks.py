@@ -88,7 +88,7 @@ from cicd.command import run
 from cicd.config import BenchmarkConfig
 from cicd.errors import BadInput, CicdError, ConfigError, InfrastructureError
 from cicd.results import JobResult, JobState
-from tasks.jobs import raise_unless_ok
+from tasks.jobs import JobOutcome, job_outcome
 
 BASELINE_VERSION = 1
 DEFAULT_ALPHA = 0.05
@@ -731,5 +731,5 @@ def run_benchmark_job(
 @task(name="performance-baseline")
 def benchmark_job(
     python: Path, workdir: Path, config: BenchmarkConfig, env: dict[str, str], out_dir: Path
-) -> JobResult:
-    return raise_unless_ok(run_benchmark_job(python, workdir, config, env, out_dir))
+) -> JobOutcome:
+    return job_outcome(run_benchmark_job(python, workdir, config, env, out_dir))

@@ -8,8 +8,16 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from prefect.client.schemas.objects import State
+from prefect.futures import PrefectFuture
+from prefect.states import Failed
+
 from cicd import command
-from cicd.results import JobFailed, JobResult, JobState, StepResult
+from cicd.results import JobResult, JobState, StepResult
+
+JobOutcome = JobResult | State
+# A submitted job task.
+JobFuture = PrefectFuture[JobOutcome]
 
 
 class Deadline:
@@ -72,8 +80,13 @@ def failure_reason(steps: Sequence[StepResult], deadline: Deadline) -> str:
     return ", ".join(failed)
 
 
-def raise_unless_ok(result: JobResult) -> JobResult:
-    """Return a passing result; raise ``JobFailed`` so Prefect records the failure."""
-    if not result.state.ok:
-        raise JobFailed(result)
-    return result
+def job_outcome(result: JobResult) -> JobOutcome:
+    """What a job task returns: its result, or a Failed state carrying it.
+
+    A Failed state marks the task failed without a traceback in the logs (a
+    failing test is the job's answer, not an error of ours), and the flow
+    still gets the whole result from the state's data.
+    """
+    if result.state.ok:
+        return result
+    return Failed(message=f"{result.name} {result.state.value}: {result.reason}", data=result)

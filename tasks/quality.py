@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect import task
-from prefect.futures import PrefectFuture
 
 from cicd.config import QualityConfig, ToolConfig
 from cicd.results import JobResult
 from tasks.changes import job_cache_key
 from tasks.environments import Environment
-from tasks.jobs import Deadline, failure_reason, raise_unless_ok, run_step, state_of
+from tasks.jobs import (
+    Deadline,
+    JobFuture,
+    JobOutcome,
+    failure_reason,
+    job_outcome,
+    run_step,
+    state_of,
+)
 
 if TYPE_CHECKING:
     from cicd.pipeline import PipelineRun
@@ -74,14 +81,14 @@ def quality_job(
     config: QualityConfig,
     log_path: Path | None = None,
     inputs_key: str | None = None,
-) -> JobResult:
+) -> JobOutcome:
     """``inputs_key`` (the source fingerprint) turns on caching: same inputs, same result."""
-    return raise_unless_ok(run_quality(workspace, env, config, log_path))
+    return job_outcome(run_quality(workspace, env, config, log_path))
 
 
 def submit_quality(
     run: PipelineRun, workspace: Path, env: Environment, config: QualityConfig, inputs_key: str
-) -> list[tuple[str, PrefectFuture[JobResult]]]:
+) -> list[tuple[str, JobFuture]]:
     """The quality job as a started task, or nothing when no tool is configured."""
     if not config.tools():
         return []

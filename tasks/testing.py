@@ -15,14 +15,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect import task
-from prefect.futures import PrefectFuture
 
 from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, TestCounts, TestFailure
 from tasks.changes import job_cache_key
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
-from tasks.jobs import Deadline, failure_reason, raise_unless_ok, run_step, state_of
+from tasks.jobs import (
+    Deadline,
+    JobFuture,
+    JobOutcome,
+    failure_reason,
+    job_outcome,
+    run_step,
+    state_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -181,13 +188,13 @@ def test_job(
     log_path: Path | None = None,
     coverage_html: bool = False,
     inputs_key: str | None = None,
-) -> JobResult:
+) -> JobOutcome:
     """One test suite; its services start before it (healthy) and stop after it, always.
 
     ``inputs_key`` (the source fingerprint) turns on caching: same inputs, same
     result. Flows whose point is a fresh run (nightly, release) leave it unset.
     """
-    return raise_unless_ok(
+    return job_outcome(
         run_suite_with_services(
             name, workspace, env, suite, services, reports_dir, extra_env, log_path, coverage_html
         )
@@ -238,7 +245,7 @@ def submit_suites(
     llm_env: dict[str, str] | None = None,
     coverage_html: bool = False,
     inputs_key: str | None = None,
-) -> list[tuple[str, PrefectFuture[JobResult]]]:
+) -> list[tuple[str, JobFuture]]:
     """Start one ``tests-<name>`` task per suite, in parallel; the LLM variables go
     only to suites that need an LLM, whose answers are never cached."""
     futures = []
@@ -263,7 +270,7 @@ def matrix_job(
     services: dict[str, ServiceConfig],
     reports_dir: Path,
     extra_env: dict[str, str] | None = None,
-) -> JobResult:
+) -> JobOutcome:
     """One matrix entry: its own environment on one Python version, then the suite.
 
     A version whose interpreter this worker lacks is reported as skipped with
@@ -275,7 +282,7 @@ def matrix_job(
         env = ensure_environment(workspace, env_config, packages, log_path)
     except InterpreterMissing as exc:
         return JobResult(name, JobState.SKIPPED, time.monotonic() - started, reason=str(exc))
-    return raise_unless_ok(
+    return job_outcome(
         run_suite_with_services(
             name, workspace, env, suite, services, reports_dir, extra_env, log_path
         )

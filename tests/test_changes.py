@@ -57,8 +57,12 @@ def test_fingerprint_follows_code_not_docs(sample_repos: dict[str, Path]) -> Non
 def _key(**overrides: object) -> str | None:
     suite = SuiteConfig(paths=["tests/unit"])
     params: dict[str, object] = {
-        "name": "unit", "suite": suite, "services": {}, "inputs_key": "abc",
-        "env": SimpleNamespace(key="env1"), "extra_env": None,
+        "name": "unit",
+        "suite": suite,
+        "services": {},
+        "inputs_key": "abc",
+        "env": SimpleNamespace(key="env1"),
+        "extra_env": None,
     }
     params.update(overrides)
     return job_cache_key(SimpleNamespace(task=SimpleNamespace(name="tests-unit")), params)
@@ -88,7 +92,10 @@ def test_rerun_is_cached_and_docs_only_change_skips(sample_repos: dict[str, Path
 
     rerun = pr_validation(repo=str(repo), ref="rerun")
     assert {job["name"]: job["state"] for job in rerun["jobs"]} == {
-        "quality": "cached", "unit": "cached", "framework": "cached"}
+        "quality": "cached",
+        "unit": "cached",
+        "framework": "cached",
+    }
     assert rerun["jobs"][1]["passed"] == cold["jobs"][1]["passed"]
 
     git(repo, "checkout", "--quiet", "-B", "rerun-docs", "rerun")

@@ -22,6 +22,7 @@ import re
 import selectors
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -336,6 +337,7 @@ def test_prefect_deployment_run_of_pr_validation_completes(
 
 
 PROBE_FLOW = '''
+import json
 import os
 import time
 
@@ -345,36 +347,42 @@ from cicd.concurrency import cancel_older_runs
 
 
 @flow(name="{name}")
-def probe(group: str | None = None, hold: float = 0.0, marker: str = "") -> list[str]:
+def probe(group: str | None = None, hold: float = 0.0, report: str = "") -> None:
     cancelled = cancel_older_runs("{name}", group)
-    if marker:
-        with open(marker, "a") as handle:
-            handle.write(f"{{os.getpid()}}\\n")
+    if report:
+        with open(report, "w") as handle:
+            json.dump({{"pid": os.getpid(), "cancelled": cancelled}}, handle)
     time.sleep(hold)
-    return cancelled
 '''
+
+
+@pytest.fixture(scope="module")
+def probe(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A deployment of a tiny flow on the stack's worker: it cancels the older
+    runs of its group, reports its pid, then sleeps ``hold`` seconds."""
+    directory = tmp_path_factory.mktemp("probe")
+    name = f"cancel-probe-{uuid.uuid4().hex[:8]}"
+    (directory / "probe.py").write_text(PROBE_FLOW.format(name=name))
+    with api(stack.api_url) as client:
+        return client.create_deployment(
+            flow_id=client.create_flow_from_name(name), name="probe",
+            entrypoint="probe.py:probe", work_pool_name="cicd-process",
+            pull_steps=[{"prefect.deployments.steps.set_working_directory":
+                         {"directory": str(directory)}}],
+        )
 
 
 @pytest.mark.slow
 def test_newer_run_of_a_group_cancels_older_runs_of_that_group(
-    stack: Stack, tmp_path: Path
+    stack: Stack, probe: Any, tmp_path: Path
 ) -> None:
     from prefect.client.schemas.objects import StateType
     from prefect.states import Scheduled
 
-    name = f"cancel-probe-{uuid.uuid4().hex[:8]}"
-    (tmp_path / "probe.py").write_text(PROBE_FLOW.format(name=name))
-    marker = tmp_path / "pids"
+    deployment_id = probe
+    first_report, newer_report = tmp_path / "first.json", tmp_path / "newer.json"
     later = datetime.now(UTC) + timedelta(hours=1)
     with api(stack.api_url) as client:
-        flow_id = client.create_flow_from_name(name)
-        deployment_id = client.create_deployment(
-            flow_id=flow_id, name="probe", entrypoint="probe.py:probe",
-            work_pool_name="cicd-process",
-            pull_steps=[{"prefect.deployments.steps.set_working_directory":
-                         {"directory": str(tmp_path)}}],
-        )
-
         waiting = client.create_flow_run_from_deployment(
             deployment_id, parameters={"group": "acme#feat"}, state=Scheduled(scheduled_time=later)
         )
@@ -382,24 +390,26 @@ def test_newer_run_of_a_group_cancels_older_runs_of_that_group(
             deployment_id, parameters={"group": "acme#main"}, state=Scheduled(scheduled_time=later)
         )
         running = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"group": "acme#feat", "hold": 300, "marker": str(marker)}
+            deployment_id,
+            parameters={"group": "acme#feat", "hold": 300, "report": str(first_report)},
         )
         wait_until(lambda: client.read_flow_run(running.id).state_type == StateType.RUNNING
-                   and marker.exists(), 180, "the first run to be running")
-        first_pid = int(marker.read_text().split()[0])
+                   and first_report.exists(), 180, "the first run to be running")
+        first = json.loads(first_report.read_text())
+        # The first run of the group already cancelled the queued run created before it.
+        assert first["cancelled"] == [str(waiting.id)]
+        assert client.read_flow_run(waiting.id).state_type == StateType.CANCELLED
+        first_pid = first["pid"]
         assert pid_alive(first_pid)
 
         newer = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"group": "acme#feat"}
+            deployment_id, parameters={"group": "acme#feat", "report": str(newer_report)}
         )
         wait_until(lambda: (s := client.read_flow_run(newer.id).state) is not None
                    and s.is_final(), 180, "the newer run to finish")
         finished = client.read_flow_run(newer.id)
         assert finished.state is not None and finished.state.is_completed()
-        cancelled = finished.state.result()
-        assert sorted(cancelled) == sorted([str(waiting.id), str(running.id)])
-
-        assert client.read_flow_run(waiting.id).state_type == StateType.CANCELLED
+        assert json.loads(newer_report.read_text())["cancelled"] == [str(running.id)]
         wait_until(lambda: client.read_flow_run(running.id).state_type == StateType.CANCELLED,
                    120, "the running run to be cancelled")
         # The worker killed the older run's process, long before its 300 s sleep ended.
@@ -407,7 +417,6 @@ def test_newer_run_of_a_group_cancels_older_runs_of_that_group(
         # Another group is not touched.
         assert client.read_flow_run(other.id).state_type == StateType.SCHEDULED
         client.delete_flow_run(other.id)
-        client.delete_deployment(deployment_id)
 
 
 def test_cicd_up_on_a_busy_port_fails_and_leaves_nothing(tmp_path: Path) -> None:
@@ -445,27 +454,46 @@ def test_failed_up_stops_the_server_it_started(
 
 
 @pytest.mark.slow
-def test_up_again_reuses_the_stack_and_down_stops_every_process(stack: Stack) -> None:
+def test_up_again_reuses_the_stack_and_down_stops_every_process(
+    stack: Stack, probe: Any, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.objects import StateType
+
     before = stack.pids()
     again = cli("up", "--port", str(stack.port), "--no-deploy", env=stack.env)
     assert again.returncode == 0, again.stderr
     assert "already running: server, worker-1" in again.stdout
     assert stack.pids() == before
 
-    # The worker's children (flow runs) are stopped too, if any are left.
-    worker = before["worker-1"]
-    flow_runs = local_server.child_pids(worker)
+    # A flow run in flight when the stack goes down.
+    report = tmp_path / "report.json"
+    with api(stack.api_url) as client:
+        run = client.create_flow_run_from_deployment(
+            probe, parameters={"hold": 300, "report": str(report)}
+        )
+        wait_until(lambda: client.read_flow_run(run.id).state_type == StateType.RUNNING
+                   and report.exists(), 180, "the flow run to be running")
+    run_pid = json.loads(report.read_text())["pid"]
+    assert run_pid in local_server.child_pids(before["worker-1"])
+
     down = cli("down", env=stack.env, timeout=180)
     assert down.returncode == 0, down.stderr
-    lines = {line.split()[0]: line.split()[-1] for line in down.stdout.splitlines()}
-    assert lines["worker-1"] == "stopped" and lines["server"] == "stopped"
+    outcomes = dict(re.findall(r"^(.+?)\s+pid \d+\s+(\S+)$", down.stdout, re.MULTILINE))
+    assert outcomes["worker-1"] == "stopped" and outcomes["server"] == "stopped", down.stdout
+    assert outcomes[f"run {run.name}"] == "cancelled", down.stdout
     # Workers are stopped before the server.
     assert down.stdout.index("worker-1") < down.stdout.index("server")
-    for pid in [*before.values(), *flow_runs]:
+    for pid in [*before.values(), run_pid]:
         assert not pid_alive(pid), f"pid {pid} survived cicd down"
     assert list(stack.state_dir.glob("*.pid")) == []
     assert not (stack.state_dir / "state.json").exists()
     assert not local_server.api_healthy(stack.api_url)
+    # The run is not left "Running" in the server's database.
+    with sqlite3.connect(stack.state_dir / "prefect-home" / "prefect.db") as db:
+        (state,) = db.execute(
+            "SELECT state_type FROM flow_run WHERE id = ?", (str(run.id),)
+        ).fetchone()
+    assert state == "CANCELLED"
     assert "nothing to stop" in cli("down", env=stack.env).stdout
 
 

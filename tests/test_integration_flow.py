@@ -103,7 +103,9 @@ def test_mock_mode_answers_from_fixtures_and_prices_what_it_would_cost(
             prices.cost(call.model, call.prompt_tokens, call.completion_tokens)
         )
     assert report["llm"]["spent_usd"] == 0
-    assert report["llm"]["would_cost_usd"] == pytest.approx(sum(c.cost_usd for c in calls), abs=1e-6)
+    assert report["llm"]["would_cost_usd"] == pytest.approx(
+        sum(c.cost_usd for c in calls), abs=1e-6
+    )
 
 
 def test_record_then_replay_with_the_upstream_stopped(
@@ -121,9 +123,7 @@ def test_record_then_replay_with_the_upstream_stopped(
     assert all(r.headers.get("Authorization") == f"Bearer {SECRET_VALUE}" for r in posts)
     calls = stored_calls(recorded)
     prices = load_prices()
-    expected_tokens = sorted(
-        fake_usage(r.body or {}, fake_reply(r.body or {})) for r in posts
-    )
+    expected_tokens = sorted(fake_usage(r.body or {}, fake_reply(r.body or {})) for r in posts)
     assert sorted((c.prompt_tokens, c.completion_tokens) for c in calls) == expected_tokens
     for call in calls:
         assert not call.would_cost and call.mode == "record"

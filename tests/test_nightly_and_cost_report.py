@@ -57,9 +57,16 @@ def test_nightly_reports_missing_interpreter_and_notifies_failure(
 
 def _call(when: datetime, model: str, cost: float, would: bool = False) -> CallRecord:
     return CallRecord(
-        timestamp=when, mode="mock" if would else "live", model=model, prompt_tokens=100,
-        completion_tokens=50, latency_ms=12.0, cost_usd=cost, would_cost=would,
-        status="ok", http_status=200,
+        timestamp=when,
+        mode="mock" if would else "live",
+        model=model,
+        prompt_tokens=100,
+        completion_tokens=50,
+        latency_ms=12.0,
+        cost_usd=cost,
+        would_cost=would,
+        status="ok",
+        http_status=200,
     )
 
 
@@ -83,8 +90,7 @@ def test_weekly_cost_report_from_seeded_records(tmp_path: Path) -> None:
     store.close()
 
     with running_receiver() as receiver:
-        result = cost_report(end=end, store_url=url, week_alert_usd=5.0,
-                             webhook_url=receiver.url)
+        result = cost_report(end=end, store_url=url, week_alert_usd=5.0, webhook_url=receiver.url)
 
     assert result["spent_usd"] == pytest.approx(1.25 + 2.50 + 3.00 + 0.25)
     assert result["calls"] == 5 and result["runs"] == 3

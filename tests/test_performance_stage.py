@@ -39,7 +39,10 @@ def perf_repo(sample_repos: dict[str, Path]) -> Path:
 
     result = subprocess.run(
         [str(BIN / "cicd"), "baseline", "--repo", str(repo), "--ref", "perf-baseline"],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (repo / "benchmarks" / "baseline.json").is_file()

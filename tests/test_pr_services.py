@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.neo4j]
 
 NEO4J_MAIN = "org.neo4j.server.CommunityEntryPoint"
 
-HANGING_NEO4J_TEST = '''import time
+HANGING_NEO4J_TEST = """import time
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.neo4j
 def test_hangs_with_the_database(neo4j_driver: Any) -> None:
     neo4j_driver.execute_query("CREATE (:Hang)", database_="neo4j")
     time.sleep(300)
-'''
+"""
 
 
 def neo4j_servers() -> list[int]:
@@ -82,11 +82,18 @@ def test_job_timeout_stops_the_service(sample_repos: dict[str, Path]) -> None:
 
 def test_cancelled_run_leaves_no_server(sample_repos: dict[str, Path], tmp_path: Path) -> None:
     repo = sample_repos["agentkit"]
+    # A commit of its own: an earlier run of main would be served from the cache.
+    git(repo, "checkout", "--quiet", "-B", "cancel-me", "main")
+    (repo / "src" / "agentkit" / "cancelled.py").write_text('"""Cancelled."""\n')
+    commit_all(repo, "feat: a run to cancel")
+    git(repo, "checkout", "--quiet", "main")
     log = tmp_path / "cicd.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [str(BIN / "cicd"), "run", "pr-validation", "--repo", str(repo), "--ref", "main"],
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(BIN / "cicd"), "run", "pr-validation", "--repo", str(repo), "--ref", "cancel-me"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         started = wait_until(lambda: neo4j_servers() != [] or proc.poll() is not None, 240)

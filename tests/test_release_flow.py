@@ -36,7 +36,9 @@ def release_branch(repo: Path, branch: str, server: PypiServer, version: str = "
     config["pipelines"]["release"] = {"suites": ["unit"]}
     (repo / "cicd.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     pyproject = repo / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('version = "0.3.0"', f'version = "{version}"'))
+    pyproject.write_text(
+        pyproject.read_text().replace('version = "0.3.0"', f'version = "{version}"')
+    )
     commit_all(repo, f"chore: bump version to {version}")
     return repo
 
@@ -56,6 +58,11 @@ def test_publish_install_rerun_and_refuse_a_changed_file(
     commit_all(repo, "fix(agent): answer arithmetic with spaces")
     tag(repo, "v0.3.0")
 
+    dry = release(repo=str(repo), ref="v0.3.0", dry_run=True)
+    assert sorted(f["action"] for f in dry["release"]["files"]) == ["would-upload"] * 2
+    assert dry["release"]["dry_run"] is True
+    assert pypiserver.stored() == {}
+
     first = release(repo=str(repo), ref="v0.3.0")
 
     assert first["state"] == "passed"
@@ -69,14 +76,28 @@ def test_publish_install_rerun_and_refuse_a_changed_file(
     venv = tmp_path / "venv"
     subprocess.run([str(BIN / "uv"), "venv", "-q", str(venv)], check=True)
     subprocess.run(
-        [str(BIN / "uv"), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
-         "--index-url", pypiserver.simple_url, "agentkit-sample==0.3.0"],
+        [
+            str(BIN / "uv"),
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(venv / "bin" / "python"),
+            "--index-url",
+            pypiserver.simple_url,
+            "agentkit-sample==0.3.0",
+        ],
         check=True,
     )
     out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
-         "from agentkit import Agent; print(Agent().process('What is 6*7?').text)"],
-        capture_output=True, text=True, check=True,
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "from agentkit import Agent; print(Agent().process('What is 6*7?').text)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert out.strip() == "42"
 

@@ -42,9 +42,13 @@ def run(args: argparse.Namespace) -> int:
                 output = Path(work.repo) / config.benchmarks.baseline
             env = ensure_environment(work.path, config.environment, tool_packages(config))
             rounds = benchmarks.run_benchmarks(
-                env.python, work.path, config.benchmarks.paths,
-                args.rounds or config.benchmarks.rounds, env.environ(),
-                work.path / ".cicd-benchmarks", config.benchmarks.timeout,
+                env.python,
+                work.path,
+                config.benchmarks.paths,
+                args.rounds or config.benchmarks.rounds,
+                env.environ(),
+                work.path / ".cicd-benchmarks",
+                config.benchmarks.timeout,
             )
             written = benchmarks.write_baseline(output, benchmarks.baseline_from_runs(rounds))
         finally:

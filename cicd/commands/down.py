@@ -21,8 +21,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cicd: error: {exc}", file=sys.stderr)
         return 2
     if not results:
-        print("nothing to stop: no local stack is recorded in "
-              f"{local_server.state_dir()}")
+        print("nothing to stop: no local stack is recorded in " f"{local_server.state_dir()}")
         return 0
     for result in results:
         print(f"{result.role:<16} pid {result.pid:<8} {result.outcome}")

@@ -18,18 +18,22 @@ EXIT_BAD_INPUT = 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--host", default=local_server.DEFAULT_HOST,
+        "--host",
+        default=local_server.DEFAULT_HOST,
         help=f"address the server listens on (default: {local_server.DEFAULT_HOST})",
     )
     parser.add_argument(
-        "--port", type=int, default=local_server.DEFAULT_PORT,
+        "--port",
+        type=int,
+        default=local_server.DEFAULT_PORT,
         help=f"port of the server and its UI (default: {local_server.DEFAULT_PORT})",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="process workers to start (default: 1)"
     )
     parser.add_argument(
-        "--server-url", metavar="API_URL",
+        "--server-url",
+        metavar="API_URL",
         help="use this running Prefect API (http://host:4200/api) instead of starting a server",
     )
     parser.add_argument(
@@ -38,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: $CICD_REPO, else the embedded sample project)",
     )
     parser.add_argument(
-        "--no-deploy", action="store_true",
+        "--no-deploy",
+        action="store_true",
         help="do not (re)deploy prefect.yaml; only start what is not running",
     )
 

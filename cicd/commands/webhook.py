@@ -20,22 +20,38 @@ DEFAULT_PORT = 9000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default: {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port to listen on (default: {DEFAULT_PORT})")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to listen on (default: {DEFAULT_PORT})",
+    )
     secret = parser.add_mutually_exclusive_group(required=True)
-    secret.add_argument("--secret-env", metavar="NAME",
-                        help="environment variable holding the webhook secret")
-    secret.add_argument("--secret-block", metavar="NAME",
-                        help="Prefect Secret block holding the webhook secret")
-    parser.add_argument("--tag-prefix", default="v",
-                        help="tags starting with this start a release (default: v)")
-    parser.add_argument("--branch", action="append", dest="branches", metavar="NAME",
-                        help="only pushes to (and pull requests into) this branch; repeatable "
-                        "(default: every branch)")
-    parser.add_argument("--deployment-template", default="{flow}/{flow}",
-                        help="deployment started per flow (default: {flow}/{flow})")
+    secret.add_argument(
+        "--secret-env", metavar="NAME", help="environment variable holding the webhook secret"
+    )
+    secret.add_argument(
+        "--secret-block", metavar="NAME", help="Prefect Secret block holding the webhook secret"
+    )
+    parser.add_argument(
+        "--tag-prefix", default="v", help="tags starting with this start a release (default: v)"
+    )
+    parser.add_argument(
+        "--branch",
+        action="append",
+        dest="branches",
+        metavar="NAME",
+        help="only pushes to (and pull requests into) this branch; repeatable "
+        "(default: every branch)",
+    )
+    parser.add_argument(
+        "--deployment-template",
+        default="{flow}/{flow}",
+        help="deployment started per flow (default: {flow}/{flow})",
+    )
 
 
 def resolve_api_url() -> str:
@@ -86,16 +102,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"cicd: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"cicd: error: cannot listen on {args.host}:{args.port}: {exc.strerror}",
-              file=sys.stderr)
+        print(
+            f"cicd: error: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 2
     except CicdError as exc:
         print(f"cicd: error: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # The first line tells a supervisor (or a test) where it listens, port 0 included.
-    print(f"webhook receiver listening on {server.url} "
-          f"(Prefect API {os.environ['PREFECT_API_URL']})", flush=True)
+    print(
+        f"webhook receiver listening on {server.url} "
+        f"(Prefect API {os.environ['PREFECT_API_URL']})",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
