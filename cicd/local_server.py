@@ -735,9 +735,7 @@ def cancel_orphaned_runs(api_url: str, pool: str = WORK_POOL) -> list[StopResult
             ),
         )
         for run in runs:
-            client.set_flow_run_state(
-                run.id, Cancelled(message="stopped by cicd down"), force=True
-            )
+            client.set_flow_run_state(run.id, Cancelled(message="stopped by cicd down"), force=True)
             results.append(StopResult(f"run {run.name}", run.infrastructure_pid or 0, "cancelled"))
     return results
 

@@ -168,12 +168,16 @@ def _route_pull_request(
         return Ignored("the pull request's head repository was deleted")
     head_sha = _text(payload, "pull_request.head.sha", "pull_request")
     number = payload.get("number", _field(payload, "pull_request", "pull_request").get("number"))
+    head_repo = _text(payload, "pull_request.head.repo.clone_url", "pull_request")
+    head_ref = _text(payload, "pull_request.head.ref", "pull_request")
     return Trigger(
         "pr-validation",
         {
-            "repo": _text(payload, "pull_request.head.repo.clone_url", "pull_request"),
+            "repo": head_repo,
             "ref": head_sha,
             "base": _text(payload, "pull_request.base.sha", "pull_request"),
+            # cancel-in-progress: a newer push to the same branch cancels this run.
+            "group": f"{head_repo}#{head_ref}",
         },
         f"pull request #{number} {action} at {head_sha[:12]}",
     )

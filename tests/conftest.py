@@ -100,6 +100,13 @@ def prefect_server() -> Iterator[str]:
         wait_for_http(f"http://127.0.0.1:{_PREFECT_PORT}/api/health", 180, proc)
         yield os.environ["PREFECT_API_URL"]
     finally:
+        # Send the last flow-run logs while the server still listens.
+        try:
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()
+        except Exception:  # logs are best effort at teardown
+            pass
         stop_process_group(proc)
         log.close()
 

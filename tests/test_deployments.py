@@ -57,8 +57,12 @@ CRONS = {"nightly/nightly": "0 2 * * *", "cost-report/cost-report": "0 9 * * 1"}
 
 def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "cicd"), *args], env=env, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [str(BIN / "cicd"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -106,10 +110,14 @@ def test_prefect_yaml_deploys_every_flow_under_its_own_name() -> None:
         assert set(deployment.get("parameters", {})) <= accepted, name
         assert deployment["work_pool"]["name"] == "cicd-process"
     for name in ("pr-validation", "integration"):
-        assert set(deployments[name]["parameters"]) == {"repo", "ref", "base"}
+        assert {"repo", "ref", "base"} <= set(deployments[name]["parameters"])
+    assert deployments["pr-validation"]["parameters"]["group"] is None
     assert data["pull"] == [
-        {"prefect.deployments.steps.set_working_directory":
-         {"directory": "{{ $CICD_PROJECT_DIR }}"}}
+        {
+            "prefect.deployments.steps.set_working_directory": {
+                "directory": "{{ $CICD_PROJECT_DIR }}"
+            }
+        }
     ]
     docker = data["definitions"]["work_pools"]["docker"]
     assert docker["name"] == "cicd-docker"
@@ -261,14 +269,15 @@ def test_cicd_up_registers_pool_deployments_schedules_and_worker(stack: Stack) -
             assert deployment.work_pool_name == "cicd-process"
             # The pull step points the worker at this checkout (resolved at deploy time).
             assert deployment.pull_steps == [
-                {"prefect.deployments.steps.set_working_directory":
-                 {"directory": str(REPO_ROOT)}}
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
             ]
 
         for name, cron in CRONS.items():
             deployment = client.read_deployment_by_name(name)
-            schedules = [(s.schedule.cron, s.schedule.timezone, s.active)  # type: ignore[union-attr]
-                         for s in deployment.schedules]
+            schedules = [
+                (s.schedule.cron, s.schedule.timezone, s.active)  # type: ignore[union-attr]
+                for s in deployment.schedules
+            ]
             assert schedules == [(cron, "UTC", True)], name
 
         poller = client.read_deployment_by_name("git-poller/git-poller")
@@ -311,9 +320,24 @@ def test_prefect_deployment_run_of_pr_validation_completes(
 
     repo = str(sample_repos["agentkit"])
     result = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "run", "pr-validation/pr-validation",
-         "-p", f"repo={repo}", "-p", "ref=main", "--watch", "--watch-timeout", "900"],
-        env=stack.cli_env(), capture_output=True, text=True, timeout=1000, check=False,
+        [
+            str(BIN / "prefect"),
+            "deployment",
+            "run",
+            "pr-validation/pr-validation",
+            "-p",
+            f"repo={repo}",
+            "-p",
+            "ref=main",
+            "--watch",
+            "--watch-timeout",
+            "900",
+        ],
+        env=stack.cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=1000,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -336,7 +360,7 @@ def test_prefect_deployment_run_of_pr_validation_completes(
         assert states.get(job) in ("Completed", "Cached"), states
 
 
-PROBE_FLOW = '''
+PROBE_FLOW = """
 import json
 import os
 import time
@@ -353,7 +377,7 @@ def probe(group: str | None = None, hold: float = 0.0, report: str = "") -> None
         with open(report, "w") as handle:
             json.dump({{"pid": os.getpid(), "cancelled": cancelled}}, handle)
     time.sleep(hold)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -365,10 +389,13 @@ def probe(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     (directory / "probe.py").write_text(PROBE_FLOW.format(name=name))
     with api(stack.api_url) as client:
         return client.create_deployment(
-            flow_id=client.create_flow_from_name(name), name="probe",
-            entrypoint="probe.py:probe", work_pool_name="cicd-process",
-            pull_steps=[{"prefect.deployments.steps.set_working_directory":
-                         {"directory": str(directory)}}],
+            flow_id=client.create_flow_from_name(name),
+            name="probe",
+            entrypoint="probe.py:probe",
+            work_pool_name="cicd-process",
+            pull_steps=[
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(directory)}}
+            ],
         )
 
 
@@ -393,8 +420,12 @@ def test_newer_run_of_a_group_cancels_older_runs_of_that_group(
             deployment_id,
             parameters={"group": "acme#feat", "hold": 300, "report": str(first_report)},
         )
-        wait_until(lambda: client.read_flow_run(running.id).state_type == StateType.RUNNING
-                   and first_report.exists(), 180, "the first run to be running")
+        wait_until(
+            lambda: client.read_flow_run(running.id).state_type == StateType.RUNNING
+            and first_report.exists(),
+            180,
+            "the first run to be running",
+        )
         first = json.loads(first_report.read_text())
         # The first run of the group already cancelled the queued run created before it.
         assert first["cancelled"] == [str(waiting.id)]
@@ -405,13 +436,19 @@ def test_newer_run_of_a_group_cancels_older_runs_of_that_group(
         newer = client.create_flow_run_from_deployment(
             deployment_id, parameters={"group": "acme#feat", "report": str(newer_report)}
         )
-        wait_until(lambda: (s := client.read_flow_run(newer.id).state) is not None
-                   and s.is_final(), 180, "the newer run to finish")
+        wait_until(
+            lambda: (s := client.read_flow_run(newer.id).state) is not None and s.is_final(),
+            180,
+            "the newer run to finish",
+        )
         finished = client.read_flow_run(newer.id)
         assert finished.state is not None and finished.state.is_completed()
         assert json.loads(newer_report.read_text())["cancelled"] == [str(running.id)]
-        wait_until(lambda: client.read_flow_run(running.id).state_type == StateType.CANCELLED,
-                   120, "the running run to be cancelled")
+        wait_until(
+            lambda: client.read_flow_run(running.id).state_type == StateType.CANCELLED,
+            120,
+            "the running run to be cancelled",
+        )
         # The worker killed the older run's process, long before its 300 s sleep ended.
         wait_until(lambda: not pid_alive(first_pid), 30, f"flow process {first_pid} to exit")
         # Another group is not touched.
@@ -443,8 +480,9 @@ def test_failed_up_stops_the_server_it_started(
     (project / "prefect.yaml").write_text("deployments: nope\n")
     started: list[str] = []
     with pytest.raises(BadInput, match="'deployments' must be a non-empty list"):
-        local_server.up(port=free_port(), project_dir=project, repo="unused",
-                        progress=started.append)
+        local_server.up(
+            port=free_port(), project_dir=project, repo="unused", progress=started.append
+        )
     assert any("starting the Prefect server" in line for line in started)
     # The server had been recorded; it was stopped and forgotten again.
     log = (tmp_path / "home" / "local-server" / "server.log").read_text()
@@ -471,8 +509,12 @@ def test_up_again_reuses_the_stack_and_down_stops_every_process(
         run = client.create_flow_run_from_deployment(
             probe, parameters={"hold": 300, "report": str(report)}
         )
-        wait_until(lambda: client.read_flow_run(run.id).state_type == StateType.RUNNING
-                   and report.exists(), 180, "the flow run to be running")
+        wait_until(
+            lambda: client.read_flow_run(run.id).state_type == StateType.RUNNING
+            and report.exists(),
+            180,
+            "the flow run to be running",
+        )
     run_pid = json.loads(report.read_text())["pid"]
     assert run_pid in local_server.child_pids(before["worker-1"])
 
@@ -624,6 +666,26 @@ def test_bad_poll_targets_name_the_entry_and_field() -> None:
 
 
 @pytest.mark.usefixtures("prefect_server")
+def test_poll_targets_come_from_the_prefect_variable() -> None:
+    from prefect.variables import Variable
+
+    from flows.git_poller import TARGETS_VARIABLE, configured_targets
+
+    Variable.unset(TARGETS_VARIABLE)
+    assert configured_targets() == []
+    try:
+        Variable.set(TARGETS_VARIABLE, [{"repo": "/srv/git/app.git", "branches": ["main", "dev"]}])
+        assert configured_targets() == [
+            PollTarget(repo="/srv/git/app.git", branches=["main", "dev"], tag_prefix="v")
+        ]
+        Variable.set(TARGETS_VARIABLE, [{"branches": ["main"]}], overwrite=True)
+        with pytest.raises(BadInput, match=r"variable cicd-git-poller\[0\]: repo: Field required"):
+            configured_targets()
+    finally:
+        Variable.unset(TARGETS_VARIABLE)
+
+
+@pytest.mark.usefixtures("prefect_server")
 def test_git_poller_flow_creates_runs_of_the_deployments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -688,9 +750,20 @@ def test_cicd_webhook_starts_the_deployment_of_a_signed_event(tmp_path: Path) ->
             flow_id=client.create_flow_from_name("integration"), name=family
         )
         proc = subprocess.Popen(
-            [str(BIN / "cicd"), "webhook", "--port", "0", "--secret-env", "HOOK_SECRET",
-             "--deployment-template", f"{{flow}}/{family}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                str(BIN / "cicd"),
+                "webhook",
+                "--port",
+                "0",
+                "--secret-env",
+                "HOOK_SECRET",
+                "--deployment-template",
+                f"{{flow}}/{family}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
             start_new_session=True,
         )
         try:
@@ -699,7 +772,9 @@ def test_cicd_webhook_starts_the_deployment_of_a_signed_event(tmp_path: Path) ->
             assert match, line
             url = match.group(1)
             payload = {
-                "ref": "refs/heads/main", "before": "a" * 40, "after": "b" * 40,
+                "ref": "refs/heads/main",
+                "before": "a" * 40,
+                "after": "b" * 40,
                 "repository": {"clone_url": "https://git.example.com/acme/app.git"},
             }
             body = json.dumps(payload).encode()
@@ -708,13 +783,16 @@ def test_cicd_webhook_starts_the_deployment_of_a_signed_event(tmp_path: Path) ->
             assert unsigned.status_code == 401
 
             signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            signed = httpx.post(url, content=body, timeout=30,
-                                headers={**headers, "X-Hub-Signature-256": signature})
+            signed = httpx.post(
+                url, content=body, timeout=30, headers={**headers, "X-Hub-Signature-256": signature}
+            )
             assert signed.status_code == 202, signed.text
             flow_run = client.read_flow_run(uuid.UUID(signed.json()["flow_run_id"]))
             assert flow_run.deployment_id == deployment_id
             assert flow_run.parameters == {
-                "repo": "https://git.example.com/acme/app.git", "ref": "b" * 40, "base": "a" * 40
+                "repo": "https://git.example.com/acme/app.git",
+                "ref": "b" * 40,
+                "base": "a" * 40,
             }
             client.delete_flow_run(flow_run.id)
         finally:

@@ -156,7 +156,12 @@ def test_pull_request_starts_pr_validation_on_the_head_repo(
 ) -> None:
     response = post(receiver, "pull_request", pull_request(action))
     assert response.status_code == 202, response.text
-    assert recorder.calls == [("pr-validation", {"repo": FORK_REPO, "ref": SHA_C, "base": SHA_A})]
+    assert recorder.calls == [
+        (
+            "pr-validation",
+            {"repo": FORK_REPO, "ref": SHA_C, "base": SHA_A, "group": f"{FORK_REPO}#feature"},
+        )
+    ]
 
 
 def test_closed_pull_request_is_ignored(receiver: WebhookServer, recorder: Recorder) -> None:
