@@ -209,16 +209,21 @@ def _format_error(error: Any) -> str:
     return f"field '{location}': {message.removeprefix('Value error, ')}{got}"
 
 
-def parse_config(text: str, source: str = CONFIG_FILE) -> PipelineConfig:
-    """Validate the text of a ``cicd.yaml``; errors name ``source`` and the field."""
+def load_yaml(text: str, source: str, kind: str = "YAML") -> Any:
+    """Parse YAML; a syntax error names ``source`` and the line."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise ConfigError(
-            source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]
+            source, [f"{where}not valid {kind} ({getattr(exc, 'problem', exc)})"]
         ) from None
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> PipelineConfig:
+    """Validate the text of a ``cicd.yaml``; errors name ``source`` and the field."""
+    data = load_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -41,12 +41,17 @@ class StepResult:
 
 @dataclass(frozen=True)
 class TestFailure:
+    # Not a pytest test class, whatever its name says.
+    __test__ = False
+
     name: str
     message: str
 
 
 @dataclass(frozen=True)
 class TestCounts:
+    __test__ = False
+
     passed: int = 0
     failed: int = 0
     errors: int = 0

@@ -55,11 +55,7 @@ def integration(
 
         # agent-tests: services: neo4j; env: USE_MOCK_LLM -> the gateway in `mode`
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
-        with llm_session(
-            config, mode, root=checkout.path, run_id=run.run_id, flow=FLOW_NAME,
-            repo=checkout.repo, ref=ref, budget_usd=settings.budget_usd,
-            run_directory=run.directory,
-        ) as llm:  # fmt: skip
+        with llm_session(config, mode, run, checkout, ref, settings.budget_usd) as llm:
             jobs = list(collect(submit_suites(run, checkout.path, env, config, suites, llm.env)))
         tests_passed = all(job.state.ok for job in jobs)
         budget, usage = llm.account(tests_passed)

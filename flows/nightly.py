@@ -71,11 +71,7 @@ def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> Fl
         env = environment_task(checkout.path, config.environment, packages, run.log("environment"))
 
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
-        with llm_session(
-            config, mode, root=checkout.path, run_id=run.run_id, flow=FLOW_NAME,
-            repo=checkout.repo, ref=ref, budget_usd=settings.budget_usd,
-            run_directory=run.directory,
-        ) as llm:  # fmt: skip
+        with llm_session(config, mode, run, checkout, ref, settings.budget_usd) as llm:
             # full-test-suite: pytest tests/ --cov --cov-report=html --junit-xml
             futures = submit_suites(
                 run, checkout.path, env, config, suites, llm.env, coverage_html=True

@@ -63,11 +63,8 @@ def mock_llm(
     if not any(config.tests[name].llm for name in pr_suites(config)):
         return nullcontext(None)
     settings = config.settings(FLOW_NAME)
-    return llm_session(
-        config, settings.llm_mode or DEFAULT_LLM_MODE, root=checkout.path, run_id=run.run_id,
-        flow=FLOW_NAME, repo=checkout.repo, ref=ref, budget_usd=settings.budget_usd,
-        run_directory=run.directory,
-    )  # fmt: skip
+    mode = settings.llm_mode or DEFAULT_LLM_MODE
+    return llm_session(config, mode, run, checkout, ref, settings.budget_usd)
 
 
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)

@@ -14,13 +14,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cicd.config import LlmMode, PipelineConfig
-from cicd.errors import BadInput
+from cicd.config import CONFIG_FILE, LlmMode, PipelineConfig
+from cicd.errors import ConfigError
 from cicd.results import JobResult, JobState
 from tasks.llm import CallRecord, Gateway, gateway_from_config, load_api_key
 from tasks.llm.budget import BudgetExceeded, check_budget, format_usd
 from tasks.llm.costs import CostStore
+
+if TYPE_CHECKING:
+    from cicd.pipeline import PipelineRun
+    from tasks.git import Checkout
 
 BUDGET_JOB = "llm-budget"
 UPSTREAM_MODES = ("live", "record")
@@ -54,16 +59,12 @@ class LlmSession:
 def llm_session(
     config: PipelineConfig,
     mode: LlmMode,
-    *,
-    root: Path,
-    run_id: str,
-    flow: str,
-    repo: str,
+    run: PipelineRun,
+    checkout: Checkout,
     ref: str,
     budget_usd: float | None,
-    run_directory: Path,
 ) -> Iterator[LlmSession]:
-    """A started gateway for the checked-out target at ``root``; stopped on exit.
+    """A started gateway for the checked-out target; stopped on exit.
 
     In record mode the exchanges are written into the workspace, which is
     deleted with the run; they are copied to the run directory so they can be
@@ -72,24 +73,32 @@ def llm_session(
     api_key = None
     if mode in UPSTREAM_MODES:
         if not config.llm.api_key_secret:
-            raise BadInput(
-                f"cicd.yaml: field 'llm.api_key_secret': LLM mode {mode!r} needs the name of the "
-                "Prefect Secret block holding the upstream API key"
+            raise ConfigError(
+                CONFIG_FILE,
+                [
+                    f"field 'llm.api_key_secret': LLM mode {mode!r} needs the name of the "
+                    "Prefect Secret block holding the upstream API key"
+                ],
             )
         # load_api_key also installs the log redactor for it: Prefect does not
         # redact secrets from logs by itself (shared notes).
         api_key = load_api_key(config.llm.api_key_secret)
     gateway = gateway_from_config(
-        config.llm, mode, root, api_key=api_key, budget_usd=budget_usd, budget_label=flow
+        config.llm,
+        mode,
+        checkout.path,
+        api_key=api_key,
+        budget_usd=budget_usd,
+        budget_label=run.flow,
     )
-    saved = run_directory / "llm-recordings"
+    saved = run.directory / "llm-recordings"
     gateway.start()
     try:
         env = gateway.env(config.llm.export)
-        yield LlmSession(gateway, env, run_id, flow, repo, ref, budget_usd, saved)
+        yield LlmSession(gateway, env, run.run_id, run.flow, checkout.repo, ref, budget_usd, saved)
     finally:
         gateway.stop()
-        recordings = root / config.llm.recordings
+        recordings = checkout.path / config.llm.recordings
         if mode == "record" and recordings.is_dir():
             shutil.copytree(recordings, saved, dirs_exist_ok=True)
 

@@ -360,6 +360,47 @@ def test_prefect_deployment_run_of_pr_validation_completes(
         assert states.get(job) in ("Completed", "Cached"), states
 
 
+@pytest.mark.slow
+@pytest.mark.neo4j
+def test_cancelling_a_worker_run_stops_its_jobs_and_neo4j(
+    stack: Stack, sample_repos: dict[str, Path]
+) -> None:
+    """`prefect flow-run cancel` on a PR run while its framework job holds a Neo4j."""
+    from prefect.client.schemas.objects import StateType
+
+    from cicd.sample import commit_all, git
+    from tests.test_pr_services import neo4j_servers
+
+    repo = sample_repos["agentkit"]
+    git(repo, "checkout", "--quiet", "-B", "cancel-on-worker", "main")
+    (repo / "src" / "agentkit" / "cancel_on_worker.py").write_text('"""Cancelled."""\n')
+    commit_all(repo, "feat: a worker run to cancel")
+    git(repo, "checkout", "--quiet", "main")
+    started = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "pr-validation/pr-validation",
+         "-p", f"repo={repo}", "-p", "ref=cancel-on-worker"],
+        env=stack.cli_env(), capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    match = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout + started.stderr)
+    assert match, started.stdout + started.stderr
+    run_id = uuid.UUID(match.group(1))
+
+    wait_until(lambda: neo4j_servers() != [], 300, "the framework job's Neo4j")
+    cancel = subprocess.run(
+        [str(BIN / "prefect"), "flow-run", "cancel", str(run_id)],
+        env=stack.cli_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+
+    def state() -> Any:
+        with api(stack.api_url) as client:
+            run = client.read_flow_run(run_id)
+        return run.state.type if run.state is not None else None
+
+    wait_until(lambda: state() == StateType.CANCELLED, 120, "the run to be cancelled")
+    wait_until(lambda: neo4j_servers() == [], 30, "the Neo4j server to stop")
+
+
 PROBE_FLOW = """
 import json
 import os

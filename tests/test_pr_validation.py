@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cicd.results import PipelineFailed
+from cicd.sample import commit_all, git
 from tests.conftest import BIN
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -35,7 +36,14 @@ def jobs_by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_green_commit_passes_every_job(sample_repos: dict[str, Path]) -> None:
     from flows.pr_validation import pr_validation
 
-    report = pr_validation(repo=str(sample_repos["agentkit"]), ref="main")
+    # A commit of its own: a run of main elsewhere in the session would be cached.
+    repo = sample_repos["agentkit"]
+    git(repo, "checkout", "--quiet", "-B", "green", "main")
+    (repo / "src" / "agentkit" / "green.py").write_text('"""Green."""\n')
+    commit_all(repo, "feat: a green commit")
+    git(repo, "checkout", "--quiet", "main")
+
+    report = pr_validation(repo=str(repo), ref="green")
 
     assert report["state"] == "passed"
     jobs = jobs_by_name(report)

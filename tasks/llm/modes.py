@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import httpx
-import yaml
 
+from cicd.config import load_yaml
 from cicd.errors import ConfigError
 from tasks.llm.recordings import last_user_message, message_text
 
@@ -214,14 +214,7 @@ def _fixture(entry: Any, where: str, source: str, problems: list[str]) -> Fixtur
 
 def parse_fixtures(text: str, source: str) -> list[Fixture]:
     """A fixture file: a YAML/JSON list of entries, or a mapping with an ``answers`` list."""
-    try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(
-            source, [f"{where}not valid YAML/JSON ({getattr(exc, 'problem', exc)})"]
-        ) from None
+    data = load_yaml(text, source, "YAML/JSON")  # YAML is a superset of JSON
     if isinstance(data, dict) and "answers" in data:
         data = data["answers"]
     if data is None:
