@@ -41,6 +41,10 @@ class EnvironmentConfig(_Model):
     python: str = Field(default_factory=_current_python, pattern=r"^\d+\.\d+(\.\d+)?$")
     extras: list[str] = []
     packages: list[str] = []
+    # Off: the commit's source is put on PYTHONPATH (no build, the fastest).
+    # On: the commit is also built and installed without dependencies for each
+    # run, like `pip install -e .`: its entry points and metadata exist too.
+    install_project: bool = False
     timeout: float = Field(default=900, gt=0)
 
 

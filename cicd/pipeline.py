@@ -4,7 +4,6 @@ survives failure and cancellation, collecting job results, and the gate.
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cicd import command, paths
 from cicd.config import PipelineConfig, SuiteConfig
 from cicd.results import JobResult, JobState, PipelineFailed, PipelineReport
+from tasks.git import remove_workspace
 
 if TYPE_CHECKING:
     from tasks.git import Checkout
@@ -97,8 +97,7 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
         # commands run in groups of their own and must be killed here.
         command.kill_all()
         for workspace in run.workspaces:
-            if workspace.is_relative_to(paths.workspaces()):
-                shutil.rmtree(workspace, ignore_errors=True)
+            remove_workspace(workspace)
 
 
 def job_result(name: str, future: Any) -> JobResult:

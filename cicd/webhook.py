@@ -422,26 +422,6 @@ def make_server(
     )
 
 
-def serve(
-    host: str,
-    port: int,
-    secret: str | bytes,
-    start: StartFn,
-    tag_prefix: str = "v",
-    branches: Collection[str] | None = None,
-    max_body: int = MAX_BODY_BYTES,
-) -> None:
-    """Serve until interrupted (the ``cicd webhook`` command)."""
-    server = make_server(host, port, secret, start, tag_prefix, branches, max_body)
-    _log.info("webhook receiver listening on %s", server.url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
 def start_with_prefect(name_template: str = "{flow}/{flow}") -> StartFn:
     """A ``start`` that creates a flow run of the deployment ``name_template.format(flow=...)``
     (e.g. ``pr-validation/pr-validation``) and returns its id without waiting for it."""

@@ -6,7 +6,9 @@ those inputs: while they are unchanged, every run reuses it. It is never
 modified after it is marked ready, so concurrent runs can share it; the
 commit under test is put on ``PYTHONPATH`` per run instead of being installed
 into the shared environment (an editable install would point at a workspace
-that is deleted when its run ends).
+that is deleted when its run ends). With ``install_project`` the commit is
+built and installed, without dependencies, into a directory beside its
+workspace that lives and dies with it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import task
 
 from cicd import command, paths
 from cicd.config import EnvironmentConfig
-from cicd.errors import BadInput, InfrastructureError, retry_on_infrastructure
+from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.locking import file_lock
 
 READY_MARKER = ".cicd-ready"
@@ -37,6 +39,10 @@ class InterpreterMissing(BadInput):
     """No interpreter of the requested Python version is installed on this worker."""
 
 
+class ProjectBuildFailed(CicdError):
+    """The commit under test does not build: the pipeline fails, nothing is retried."""
+
+
 @dataclass(frozen=True)
 class Environment:
     path: Path
@@ -44,6 +50,7 @@ class Environment:
     key: str
     reused: bool
     source_paths: tuple[Path, ...] = ()
+    script_paths: tuple[Path, ...] = ()
 
     @property
     def python(self) -> Path:
@@ -53,13 +60,14 @@ class Environment:
         """The same environment with ``workspace``'s code importable."""
         src = workspace / "src"
         root = src if src.is_dir() else workspace
-        return Environment(self.path, self.python_version, self.key, self.reused, (root,))
+        return replace(self, source_paths=(root,), script_paths=())
 
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment variables the target's commands run with."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_PREFIXES)}
         env["VIRTUAL_ENV"] = str(self.path)
-        env["PATH"] = os.pathsep.join([str(self.path / "bin"), env.get("PATH", "")])
+        bins = [str(p) for p in self.script_paths] + [str(self.path / "bin")]
+        env["PATH"] = os.pathsep.join([*bins, env.get("PATH", "")])
         if self.source_paths:
             env["PYTHONPATH"] = os.pathsep.join(str(p) for p in self.source_paths)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -160,15 +168,24 @@ def ensure_environment(
     packages: list[str] | None = None,
     log_path: Path | None = None,
 ) -> Environment:
+    """The environment for ``workspace``'s commit: dependencies shared, its code its own."""
+    env = _dependencies_environment(workspace, config, packages or [], log_path)
+    if config.install_project:
+        return install_project(env, workspace, config.timeout, log_path)
+    return env.for_workspace(workspace)
+
+
+def _dependencies_environment(
+    workspace: Path, config: EnvironmentConfig, packages: list[str], log_path: Path | None
+) -> Environment:
     """Reuse the environment for these dependency inputs, or build it."""
-    packages = packages or []
     key = environment_key(workspace, config, packages)
     path = paths.environments() / f"py{config.python}-{key[:16]}"
     if (path / READY_MARKER).is_file():
-        return Environment(path, config.python, key, reused=True).for_workspace(workspace)
+        return Environment(path, config.python, key, reused=True)
     with file_lock(path.with_name(path.name + ".lock")):
         if (path / READY_MARKER).is_file():
-            return Environment(path, config.python, key, reused=True).for_workspace(workspace)
+            return Environment(path, config.python, key, reused=True)
         # A half-built environment from a crashed run is never trusted.
         shutil.rmtree(path, ignore_errors=True)
         interpreter = find_interpreter(config.python)
@@ -199,7 +216,43 @@ def ensure_environment(
             shutil.rmtree(path, ignore_errors=True)
             raise InfrastructureError(f"installing the dependencies failed: {installed.tail(15)}")
         (path / READY_MARKER).write_text(key + "\n")
-    return Environment(path, config.python, key, reused=False).for_workspace(workspace)
+    return Environment(path, config.python, key, reused=False)
+
+
+def project_site(workspace: Path, python_version: str) -> Path:
+    """Where ``install_project`` puts the built commit: beside the workspace.
+
+    Not inside it: the target's own tools (ruff, mypy, black over ``.``) would
+    check the installed copy too.
+    """
+    return workspace.with_name(f"{workspace.name}.site-py{python_version}")
+
+
+def install_project(
+    env: Environment, workspace: Path, timeout: float, log_path: Path | None = None
+) -> Environment:
+    """Build the commit and install it, without dependencies, for this run only.
+
+    Not an editable install: its ``.pth`` hook is only read from site-packages,
+    and the shared environment's site-packages is not this run's to change.
+    """
+    site = project_site(workspace, env.python_version)
+    shutil.rmtree(site, ignore_errors=True)
+    argv = [_uv(), "pip", "install", "--quiet", "--no-deps", "--python", str(env.python)]
+    argv += ["--target", str(site), str(workspace)]
+    installed = command.run(argv, cwd=workspace, timeout=timeout, log_path=log_path)
+    if not installed.ok:
+        shutil.rmtree(site, ignore_errors=True)
+        raise ProjectBuildFailed(
+            f"building and installing the project failed: {installed.tail(15)}"
+        )
+    # The checkout stays first on the path, as with `pip install -e .`: modules
+    # import from its files (coverage measures those), while the build adds the
+    # distribution's metadata and entry points.
+    checkout = env.for_workspace(workspace)
+    return replace(
+        checkout, source_paths=(*checkout.source_paths, site), script_paths=(site / "bin",)
+    )
 
 
 @task(

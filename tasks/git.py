@@ -120,6 +120,9 @@ def checkout(repo: str, ref: str) -> Checkout:
 def remove_workspace(path: Path) -> None:
     if path.is_relative_to(paths.workspaces()):
         shutil.rmtree(path, ignore_errors=True)
+        # What environments.install_project put beside it, one per Python version.
+        for site in path.parent.glob(f"{path.name}.site-py*"):
+            shutil.rmtree(site, ignore_errors=True)
 
 
 def changed_files(mirror: Path, base: str, commit: str) -> list[str]:

@@ -207,3 +207,61 @@ def test_default_sample_repo_is_a_git_repo_of_the_example(tmp_path: Path) -> Non
     ).stdout
     assert log.strip() == "feat: initial agentkit sample"
     assert (Path(out) / "cicd.yaml").is_file()
+
+
+def install_the_project_for_unit_tests(repo: Path) -> None:
+    config = repo / "cicd.yaml"
+    config.write_text(
+        config.read_text()
+        .replace(
+            "extras: [dev, integration]", "extras: [dev, integration]\n  install_project: true"
+        )
+        .replace("suites: [unit, framework]", "suites: [unit]")
+    )
+
+
+def test_install_project_makes_the_targets_metadata_visible_to_its_tests(
+    sample_repos: dict[str, Path],
+) -> None:
+    repo = sample_repos["agentkit"]
+    git(repo, "checkout", "--quiet", "-B", "installed-project", "main")
+    install_the_project_for_unit_tests(repo)
+    (repo / "tests" / "unit" / "test_installed.py").write_text(
+        '"""Needs the distribution installed, as `pip install .` would."""\n\n'
+        "import importlib.metadata\n\n\n"
+        "def test_distribution_metadata_is_installed() -> None:\n"
+        '    assert importlib.metadata.version("agentkit-sample") == "0.3.0"\n'
+    )
+    commit_all(repo, "ci: install the project for its tests")
+    git(repo, "checkout", "--quiet", "main")
+
+    result = run_cli(
+        "run", "pr-validation", "--repo", str(repo), "--ref", "installed-project", "--json"
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    jobs = jobs_by_name(json.loads(result.stdout))
+    assert jobs["unit"]["state"] == "passed" and jobs["unit"]["passed"] == 13
+    # Imports still came from the checkout's files, the ones coverage measures.
+    assert jobs["unit"]["coverage_percent"] > 50
+
+
+def test_a_target_that_does_not_build_fails_the_run_in_one_line(
+    sample_repos: dict[str, Path],
+) -> None:
+    repo = sample_repos["agentkit"]
+    git(repo, "checkout", "--quiet", "-B", "unbuildable", "main")
+    install_the_project_for_unit_tests(repo)
+    (repo / "setup.py").write_text('raise SystemExit("setup.py refuses on purpose")\n')
+    commit_all(repo, "build: break the build")
+    git(repo, "checkout", "--quiet", "main")
+
+    result = run_cli("run", "pr-validation", "--repo", str(repo), "--ref", "unbuildable", "--json")
+
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    assert json.loads(result.stdout)["state"] == "failed"
+    # Prefect's log of the failed task comes first; the CLI's verdict, with the
+    # build's own words, closes the output.
+    verdict = result.stderr.rfind("cicd: error: building and installing the project failed")
+    assert verdict >= 0, result.stderr[-2000:]
+    assert "setup.py refuses on purpose" in result.stderr[verdict:]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cicd.errors import BadInput
+from cicd.errors import BadInput, CicdError
 from cicd.results import PipelineFailed
 
 EXIT_PASSED = 0
@@ -124,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
     except BadInput as exc:
         print(f"cicd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except CicdError as exc:
+        # The pipeline could not run to its jobs' end (a fetch that kept failing,
+        # a project that does not build): a failure, said in one line.
+        print(f"cicd: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"flow": args.flow, "state": "failed", "error": str(exc), "jobs": []}))
+        return EXIT_FAILED
     report = {**report, "flow": args.flow, "duration": round(time.monotonic() - started, 3)}
     if args.json:
         print(json.dumps(report))
