@@ -209,7 +209,9 @@ def test_default_sample_repo_is_a_git_repo_of_the_example(tmp_path: Path) -> Non
     assert (Path(out) / "cicd.yaml").is_file()
 
 
-def install_the_project_for_unit_tests(repo: Path) -> None:
+def branch_installing_the_project(repo: Path, branch: str, files: dict[str, str]) -> None:
+    """A branch off main whose cicd.yaml installs the project for its unit tests."""
+    git(repo, "checkout", "--quiet", "-B", branch, "main")
     config = repo / "cicd.yaml"
     config.write_text(
         config.read_text()
@@ -218,22 +220,28 @@ def install_the_project_for_unit_tests(repo: Path) -> None:
         )
         .replace("suites: [unit, framework]", "suites: [unit]")
     )
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    commit_all(repo, f"ci: {branch}")
+    git(repo, "checkout", "--quiet", "main")
 
 
 def test_install_project_makes_the_targets_metadata_visible_to_its_tests(
     sample_repos: dict[str, Path],
 ) -> None:
     repo = sample_repos["agentkit"]
-    git(repo, "checkout", "--quiet", "-B", "installed-project", "main")
-    install_the_project_for_unit_tests(repo)
-    (repo / "tests" / "unit" / "test_installed.py").write_text(
-        '"""Needs the distribution installed, as `pip install .` would."""\n\n'
-        "import importlib.metadata\n\n\n"
-        "def test_distribution_metadata_is_installed() -> None:\n"
-        '    assert importlib.metadata.version("agentkit-sample") == "0.3.0"\n'
+    branch_installing_the_project(
+        repo,
+        "installed-project",
+        {
+            "tests/unit/test_installed.py": (
+                '"""Needs the distribution installed, as `pip install .` would."""\n\n'
+                "import importlib.metadata\n\n\n"
+                "def test_distribution_metadata_is_installed() -> None:\n"
+                '    assert importlib.metadata.version("agentkit-sample") == "0.3.0"\n'
+            )
+        },
     )
-    commit_all(repo, "ci: install the project for its tests")
-    git(repo, "checkout", "--quiet", "main")
 
     result = run_cli(
         "run", "pr-validation", "--repo", str(repo), "--ref", "installed-project", "--json"
@@ -246,15 +254,13 @@ def test_install_project_makes_the_targets_metadata_visible_to_its_tests(
     assert jobs["unit"]["coverage_percent"] > 50
 
 
-def test_a_target_that_does_not_build_fails_the_run_in_one_line(
+def test_a_target_that_does_not_build_fails_the_run_with_the_build_output(
     sample_repos: dict[str, Path],
 ) -> None:
     repo = sample_repos["agentkit"]
-    git(repo, "checkout", "--quiet", "-B", "unbuildable", "main")
-    install_the_project_for_unit_tests(repo)
-    (repo / "setup.py").write_text('raise SystemExit("setup.py refuses on purpose")\n')
-    commit_all(repo, "build: break the build")
-    git(repo, "checkout", "--quiet", "main")
+    branch_installing_the_project(
+        repo, "unbuildable", {"setup.py": 'raise SystemExit("setup.py refuses on purpose")\n'}
+    )
 
     result = run_cli("run", "pr-validation", "--repo", str(repo), "--ref", "unbuildable", "--json")
 
