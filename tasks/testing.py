@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from prefect import task
 
 from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
-from cicd.results import JobResult, JobState, TestCounts, TestFailure
+from cicd.results import JobResult, JobState, StepResult, TestCounts, TestFailure
 from tasks.changes import job_cache_key
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
 from tasks.jobs import (
@@ -220,11 +221,17 @@ def run_suite_with_services(
     # without services do not need.
     from tasks.services import neo4j_slot, running_services
 
+    started = time.monotonic()
     with (
         neo4j_slot(),
         running_services(services, suite.services, reports_dir / f"services-{name}") as service_env,
     ):
-        return run_suite(
+        # The job's time includes waiting for a slot and the health check, as a
+        # CI job's includes its service containers; the step says how much.
+        services_step = StepResult(
+            "services", " ".join(suite.services), 0, time.monotonic() - started
+        )
+        result = run_suite(
             name,
             workspace,
             env,
@@ -234,6 +241,9 @@ def run_suite_with_services(
             log_path,
             coverage_html,
         )
+    return replace(
+        result, duration=time.monotonic() - started, steps=(services_step, *result.steps)
+    )
 
 
 def submit_suites(

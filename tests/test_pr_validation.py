@@ -55,6 +55,12 @@ def test_green_commit_passes_every_job(sample_repos: dict[str, Path]) -> None:
     # The framework job ran the Neo4j tests against a real server, none skipped,
     # and the server is gone.
     assert (jobs["framework"]["passed"], jobs["framework"]["skipped"]) == (3, 0)
+    # Its time counts the server's start and health check, shown as a step.
+    services, pytest_step = jobs["framework"]["steps"]
+    assert services["name"] == "services" and pytest_step["name"] == "pytest"
+    assert services["duration"] > 1.0
+    total = services["duration"] + pytest_step["duration"]
+    assert jobs["framework"]["duration"] >= total - 0.01  # each rounded to ms
     from tests.test_pr_services import neo4j_servers
 
     assert neo4j_servers() == []
