@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cicd.sample import commit_all, create_sample_repo, git
@@ -29,8 +31,24 @@ def test_hangs_with_a_child_process() -> None:
 """
 
 
-def _branch(repo: Path, name: str) -> None:
-    git(repo, "checkout", "--quiet", "-B", name, "main")
+@contextmanager
+def commit_on_branch(repo: Path, branch: str, message: str, base: str = "main") -> Iterator[Path]:
+    """Check ``branch`` out from ``base``, commit what the block changed, go back to main.
+
+    Inside the block the working tree is ``base``'s; after it, main's again, so
+    every test starts from the same tree whatever branches others made.
+    """
+    git(repo, "checkout", "--quiet", "-B", branch, base)
+    try:
+        yield repo
+        commit_all(repo, message)
+    except BaseException:
+        # A block that failed half-way must not leave files for the next commit.
+        git(repo, "reset", "--quiet", "--hard")
+        git(repo, "clean", "-fdq")
+        raise
+    finally:
+        git(repo, "checkout", "--quiet", "main")
 
 
 def build_sample_repos(root: Path) -> dict[str, Path]:
@@ -40,35 +58,29 @@ def build_sample_repos(root: Path) -> dict[str, Path]:
     """
     repo = create_sample_repo(root / "agentkit")
 
-    _branch(repo, "lint-error")
-    tools = repo / "src" / "agentkit" / "tools.py"
-    future = "from __future__ import annotations\n"
-    tools.write_text(tools.read_text().replace(future, future + LINT_ERROR))
-    commit_all(repo, "feat: add an unused import")
+    with commit_on_branch(repo, "lint-error", "feat: add an unused import"):
+        tools = repo / "src" / "agentkit" / "tools.py"
+        future = "from __future__ import annotations\n"
+        tools.write_text(tools.read_text().replace(future, future + LINT_ERROR))
 
-    _branch(repo, "failing-test")
-    (repo / "tests" / "unit" / "test_capitals.py").write_text(FAILING_TEST)
-    commit_all(repo, "test: capitals")
+    with commit_on_branch(repo, "failing-test", "test: capitals"):
+        (repo / "tests" / "unit" / "test_capitals.py").write_text(FAILING_TEST)
 
-    _branch(repo, "docs-only")
-    usage = repo / "docs" / "usage.md"
-    usage.write_text(usage.read_text() + "\nMore examples coming soon.\n")
-    commit_all(repo, "docs: mention more examples")
+    with commit_on_branch(repo, "docs-only", "docs: mention more examples"):
+        usage = repo / "docs" / "usage.md"
+        usage.write_text(usage.read_text() + "\nMore examples coming soon.\n")
 
-    _branch(repo, "bad-config")
-    config = repo / "cicd.yaml"
-    config.write_text(config.read_text().replace("timeout: 600", "timeout: soon"))
-    commit_all(repo, "ci: break the config")
+    with commit_on_branch(repo, "bad-config", "ci: break the config"):
+        config = repo / "cicd.yaml"
+        config.write_text(config.read_text().replace("timeout: 600", "timeout: soon"))
 
-    _branch(repo, "hang")
-    (repo / "tests" / "unit" / "test_hang.py").write_text(HANGING_TEST)
-    config.write_text(
-        "version: 1\n"
-        "environment: {extras: [dev]}\n"
-        "tests:\n"
-        "  unit: {paths: [tests/unit], timeout: 8}\n"
-    )
-    commit_all(repo, "test: a test that hangs")
+    with commit_on_branch(repo, "hang", "test: a test that hangs"):
+        (repo / "tests" / "unit" / "test_hang.py").write_text(HANGING_TEST)
+        (repo / "cicd.yaml").write_text(
+            "version: 1\n"
+            "environment: {extras: [dev]}\n"
+            "tests:\n"
+            "  unit: {paths: [tests/unit], timeout: 8}\n"
+        )
 
-    git(repo, "checkout", "--quiet", "main")
     return {"agentkit": repo}

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from cicd.config import SuiteConfig
-from cicd.sample import commit_all, git
+from cicd.sample import git
 from tasks.changes import is_ignored, job_cache_key, only_ignored, source_fingerprint
+from tests.sample_repos import commit_on_branch
 
 IGNORE = ["docs/**", "*.md"]
 
@@ -82,10 +83,8 @@ def test_rerun_is_cached_and_docs_only_change_skips(sample_repos: dict[str, Path
     from flows.pr_validation import pr_validation
 
     repo = sample_repos["agentkit"]
-    git(repo, "checkout", "--quiet", "-B", "rerun", "main")
-    (repo / "src" / "agentkit" / "rerun.py").write_text('"""A new module."""\n\nVALUE = 1\n')
-    commit_all(repo, "feat: a commit of its own, so no earlier run is cached")
-    git(repo, "checkout", "--quiet", "main")
+    with commit_on_branch(repo, "rerun", "feat: a commit of its own, so no earlier run is cached"):
+        (repo / "src" / "agentkit" / "rerun.py").write_text('"""A new module."""\n\nVALUE = 1\n')
 
     cold = pr_validation(repo=str(repo), ref="rerun")
     assert {job["state"] for job in cold["jobs"]} == {"passed"}
@@ -98,10 +97,8 @@ def test_rerun_is_cached_and_docs_only_change_skips(sample_repos: dict[str, Path
     }
     assert rerun["jobs"][1]["passed"] == cold["jobs"][1]["passed"]
 
-    git(repo, "checkout", "--quiet", "-B", "rerun-docs", "rerun")
-    (repo / "docs" / "usage.md").write_text("# Usage\n\nRewritten.\n")
-    commit_all(repo, "docs: rewrite usage")
-    git(repo, "checkout", "--quiet", "main")
+    with commit_on_branch(repo, "rerun-docs", "docs: rewrite usage", base="rerun"):
+        (repo / "docs" / "usage.md").write_text("# Usage\n\nRewritten.\n")
 
     docs = pr_validation(repo=str(repo), ref="rerun-docs", base="rerun")
     assert {job["state"] for job in docs["jobs"]} == {"skipped"}

@@ -368,14 +368,12 @@ def test_cancelling_a_worker_run_stops_its_jobs_and_neo4j(
     """`prefect flow-run cancel` on a PR run while its framework job holds a Neo4j."""
     from prefect.client.schemas.objects import StateType
 
-    from cicd.sample import commit_all, git
+    from tests.sample_repos import commit_on_branch
     from tests.test_pr_services import neo4j_servers
 
     repo = sample_repos["agentkit"]
-    git(repo, "checkout", "--quiet", "-B", "cancel-on-worker", "main")
-    (repo / "src" / "agentkit" / "cancel_on_worker.py").write_text('"""Cancelled."""\n')
-    commit_all(repo, "feat: a worker run to cancel")
-    git(repo, "checkout", "--quiet", "main")
+    with commit_on_branch(repo, "cancel-on-worker", "feat: a worker run to cancel"):
+        (repo / "src" / "agentkit" / "cancel_on_worker.py").write_text('"""Cancelled."""\n')
     started = subprocess.run(
         [str(BIN / "prefect"), "deployment", "run", "pr-validation/pr-validation",
          "-p", f"repo={repo}", "-p", "ref=cancel-on-worker"],

@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from cicd.results import PipelineFailed
-from cicd.sample import commit_all, git
+from cicd.sample import git
 from tasks.llm.costs import CostStore
 from tasks.llm.fake_upstream import FakeUpstream, fake_reply, fake_usage
 from tasks.llm.prices import load_prices
+from tests.sample_repos import commit_on_branch
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -48,23 +49,21 @@ def upstream() -> Iterator[FakeUpstream]:
 
 def llm_branch(repo: Path, branch: str, upstream_url: str, **changes: Any) -> str:
     """A branch of main whose integration suite is only the LLM tests (no Neo4j)."""
-    git(repo, "checkout", "--quiet", "-B", branch, "main")
-    config = yaml.safe_load((repo / "cicd.yaml").read_text())
-    config["llm"].update(upstream=upstream_url, api_key_secret=SECRET_BLOCK)
-    config["tests"]["integration"] = {
-        "paths": ["tests/integration/test_agent_llm.py"],
-        "llm": True,
-    }
-    config.pop("benchmarks")
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    (repo / "cicd.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    sha = commit_all(repo, f"ci: {branch}")
-    git(repo, "checkout", "--quiet", "main")
-    return sha
+    with commit_on_branch(repo, branch, f"ci: {branch}"):
+        config = yaml.safe_load((repo / "cicd.yaml").read_text())
+        config["llm"].update(upstream=upstream_url, api_key_secret=SECRET_BLOCK)
+        config["tests"]["integration"] = {
+            "paths": ["tests/integration/test_agent_llm.py"],
+            "llm": True,
+        }
+        config.pop("benchmarks")
+        for key, value in changes.items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        (repo / "cicd.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return git(repo, "rev-parse", branch)
 
 
 def run_integration(repo: Path, ref: str, mode: str | None) -> dict[str, Any]:
@@ -137,10 +136,8 @@ def test_record_then_replay_with_the_upstream_stopped(
     assert not any(SECRET_VALUE in path.read_text() for path in saved)
 
     # Commit the recordings to the target, stop the upstream, replay.
-    git(repo, "checkout", "--quiet", "-B", "llm-replay", "llm-record")
-    shutil.copytree(recordings, repo / ".cicd" / "llm-recordings")
-    commit_all(repo, "test: record LLM exchanges")
-    git(repo, "checkout", "--quiet", "main")
+    with commit_on_branch(repo, "llm-replay", "test: record LLM exchanges", base="llm-record"):
+        shutil.copytree(recordings, repo / ".cicd" / "llm-recordings")
     upstream.stop()
 
     replayed = run_integration(repo, "llm-replay", "replay")

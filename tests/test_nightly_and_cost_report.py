@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from cicd.results import PipelineFailed
-from cicd.sample import commit_all, git
 from tasks.llm.calls import CallRecord
 from tasks.llm.costs import CostStore
 from tests.receiver import running_receiver
+from tests.sample_repos import commit_on_branch
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -25,18 +25,16 @@ def test_nightly_reports_missing_interpreter_and_notifies_failure(
 
     repo = sample_repos["agentkit"]
     with running_receiver() as receiver:
-        git(repo, "checkout", "--quiet", "-B", "nightly-red", "failing-test")
-        config = yaml.safe_load((repo / "cicd.yaml").read_text())
-        config["pipelines"]["nightly"] = {
-            "suites": ["unit"],
-            "llm_mode": "mock",
-            # 3.14 is not installed on this worker: reported as skipped, never dropped.
-            "python": ["3.11", "3.14"],
-        }
-        config["notify"] = {"webhook_url": receiver.url}
-        (repo / "cicd.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        commit_all(repo, "ci: nightly matrix")
-        git(repo, "checkout", "--quiet", "main")
+        with commit_on_branch(repo, "nightly-red", "ci: nightly matrix", base="failing-test"):
+            config = yaml.safe_load((repo / "cicd.yaml").read_text())
+            config["pipelines"]["nightly"] = {
+                "suites": ["unit"],
+                "llm_mode": "mock",
+                # 3.14 is not installed on this worker: reported as skipped, never dropped.
+                "python": ["3.11", "3.14"],
+            }
+            config["notify"] = {"webhook_url": receiver.url}
+            (repo / "cicd.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
         with pytest.raises(PipelineFailed) as failed:
             nightly(repo=str(repo), ref="nightly-red")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cicd.results import PipelineFailed
-from cicd.sample import commit_all, git
 from tests.conftest import BIN
+from tests.sample_repos import commit_on_branch
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.neo4j]
 
@@ -63,12 +63,10 @@ def test_job_timeout_stops_the_service(sample_repos: dict[str, Path]) -> None:
     from flows.pr_validation import pr_validation
 
     repo = sample_repos["agentkit"]
-    git(repo, "checkout", "--quiet", "-B", "neo4j-hang", "main")
-    (repo / "tests" / "integration" / "test_hang.py").write_text(HANGING_NEO4J_TEST)
-    config = repo / "cicd.yaml"
-    config.write_text(config.read_text().replace("timeout: 900", "timeout: 20", 1))
-    commit_all(repo, "test: a Neo4j test that hangs")
-    git(repo, "checkout", "--quiet", "main")
+    with commit_on_branch(repo, "neo4j-hang", "test: a Neo4j test that hangs"):
+        (repo / "tests" / "integration" / "test_hang.py").write_text(HANGING_NEO4J_TEST)
+        config = repo / "cicd.yaml"
+        config.write_text(config.read_text().replace("timeout: 900", "timeout: 20", 1))
     assert neo4j_servers() == []
 
     with pytest.raises(PipelineFailed) as failed:
@@ -83,10 +81,8 @@ def test_job_timeout_stops_the_service(sample_repos: dict[str, Path]) -> None:
 def test_cancelled_run_leaves_no_server(sample_repos: dict[str, Path], tmp_path: Path) -> None:
     repo = sample_repos["agentkit"]
     # A commit of its own: an earlier run of main would be served from the cache.
-    git(repo, "checkout", "--quiet", "-B", "cancel-me", "main")
-    (repo / "src" / "agentkit" / "cancelled.py").write_text('"""Cancelled."""\n')
-    commit_all(repo, "feat: a run to cancel")
-    git(repo, "checkout", "--quiet", "main")
+    with commit_on_branch(repo, "cancel-me", "feat: a run to cancel"):
+        (repo / "src" / "agentkit" / "cancelled.py").write_text('"""Cancelled."""\n')
     log = tmp_path / "cicd.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(

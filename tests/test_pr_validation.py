@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from cicd.results import PipelineFailed
-from cicd.sample import commit_all, git
 from tests.conftest import BIN
+from tests.sample_repos import commit_on_branch
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -38,10 +38,8 @@ def test_green_commit_passes_every_job(sample_repos: dict[str, Path]) -> None:
 
     # A commit of its own: a run of main elsewhere in the session would be cached.
     repo = sample_repos["agentkit"]
-    git(repo, "checkout", "--quiet", "-B", "green", "main")
-    (repo / "src" / "agentkit" / "green.py").write_text('"""Green."""\n')
-    commit_all(repo, "feat: a green commit")
-    git(repo, "checkout", "--quiet", "main")
+    with commit_on_branch(repo, "green", "feat: a green commit"):
+        (repo / "src" / "agentkit" / "green.py").write_text('"""Green."""\n')
 
     report = pr_validation(repo=str(repo), ref="green")
 
@@ -217,19 +215,17 @@ def test_default_sample_repo_is_a_git_repo_of_the_example(tmp_path: Path) -> Non
 
 def branch_installing_the_project(repo: Path, branch: str, files: dict[str, str]) -> None:
     """A branch off main whose cicd.yaml installs the project for its unit tests."""
-    git(repo, "checkout", "--quiet", "-B", branch, "main")
-    config = repo / "cicd.yaml"
-    config.write_text(
-        config.read_text()
-        .replace(
-            "extras: [dev, integration]", "extras: [dev, integration]\n  install_project: true"
+    with commit_on_branch(repo, branch, f"ci: {branch}"):
+        config = repo / "cicd.yaml"
+        config.write_text(
+            config.read_text()
+            .replace(
+                "extras: [dev, integration]", "extras: [dev, integration]\n  install_project: true"
+            )
+            .replace("suites: [unit, framework]", "suites: [unit]")
         )
-        .replace("suites: [unit, framework]", "suites: [unit]")
-    )
-    for name, text in files.items():
-        (repo / name).write_text(text)
-    commit_all(repo, f"ci: {branch}")
-    git(repo, "checkout", "--quiet", "main")
+        for name, text in files.items():
+            (repo / name).write_text(text)
 
 
 def test_install_project_makes_the_targets_metadata_visible_to_its_tests(
