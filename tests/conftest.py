@@ -16,8 +16,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tasks.llm.fake_upstream import FakeUpstream
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="cicd-tests-"))
 
@@ -109,6 +113,19 @@ def prefect_server() -> Iterator[str]:
             pass
         stop_process_group(proc)
         log.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    """A fake OpenAI-compatible upstream on 127.0.0.1, stopped after the test."""
+    from tasks.llm.fake_upstream import FakeUpstream
+
+    fake = FakeUpstream()
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 @pytest.fixture(scope="session")

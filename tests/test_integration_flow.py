@@ -9,7 +9,6 @@ process, exactly as in a real pipeline.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,6 @@ def upstream_key(prefect_server: str) -> str:
 
     Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)
     return SECRET_BLOCK
-
-
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    fake.start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
 
 
 def llm_branch(repo: Path, branch: str, upstream_url: str, **changes: Any) -> str:

@@ -14,7 +14,6 @@ import logging
 import pickle
 import socket
 import threading
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionSystemMessageParam
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ChatCompletionSystemMessageParam,
+)
 
 from cicd.config import LlmConfig
 from cicd.errors import BadInput, ConfigError
@@ -80,16 +83,6 @@ def fixtures_dir(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    fake.start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
 def chat(gateway: Gateway, content: str, key: str | None = None, **extra: Any) -> httpx.Response:
     body = {
         "model": extra.pop("model", "test-model"),
@@ -107,6 +100,24 @@ def client(gateway: Gateway) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], max_retries=0, timeout=10
     )
+
+
+def stream_chat(
+    gateway: Gateway, content: str, *, system: bool = False, include_usage: bool = True
+) -> list[ChatCompletionChunk]:
+    """A streamed chat completion through the OpenAI client, every chunk of it."""
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": content}]
+    if system:
+        messages.insert(0, SYSTEM)
+    options: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
+    stream = client(gateway).chat.completions.create(
+        model="test-model", messages=messages, stream=True, **options
+    )
+    return list(stream)
+
+
+def streamed_text(chunks: list[ChatCompletionChunk]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 def sse_data(response: httpx.Response) -> list[str]:
@@ -164,16 +175,9 @@ def test_mock_streams_with_the_openai_client_and_include_usage(
     prices: PriceTable, fixtures_dir: Path
 ) -> None:
     with running_gateway("mock", fixtures_dir=fixtures_dir, prices=prices) as gateway:
-        stream = client(gateway).chat.completions.create(
-            model="test-model",
-            messages=[SYSTEM, {"role": "user", "content": "Who wrote Hamlet?"}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = list(stream)
+        chunks = stream_chat(gateway, "Who wrote Hamlet?", system=True)
         calls = gateway.calls
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "William Shakespeare wrote Hamlet."
+    assert streamed_text(chunks) == "William Shakespeare wrote Hamlet."
     usages = [(c.usage, c.choices) for c in chunks if c.usage is not None]
     assert [(u.prompt_tokens, u.completion_tokens, choices) for u, choices in usages] == [
         (19, 9, [])
@@ -227,25 +231,10 @@ def test_live_stream_gets_usage_from_the_final_chunk_even_if_the_client_did_not_
     with running_gateway(
         "live", upstream_url=upstream.url, api_key=REAL_KEY, prices=prices
     ) as gateway:
-        stream = client(gateway).chat.completions.create(
-            model="test-model",
-            messages=[{"role": "user", "content": "stream this answer"}],
-            stream=True,
-        )
-        chunks = list(stream)
-        with_usage = list(
-            client(gateway).chat.completions.create(
-                model="test-model",
-                messages=[{"role": "user", "content": "and this one"}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
+        chunks = stream_chat(gateway, "stream this answer", include_usage=False)
+        with_usage = stream_chat(gateway, "and this one")
         calls = gateway.calls
-    assert (
-        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        == "Echo: stream this answer"
-    )
+    assert streamed_text(chunks) == "Echo: stream this answer"
     assert all(c.usage is None for c in chunks)
     assert upstream.requests[0].body is not None
     assert upstream.requests[0].body["stream_options"] == {"include_usage": True}
@@ -372,14 +361,7 @@ def test_record_then_replay_with_the_upstream_stopped(
         prices=prices,
     ) as gateway:
         live_json = chat(gateway, "What is the answer?").json()
-        live_stream = list(
-            client(gateway).chat.completions.create(
-                model="test-model",
-                messages=[{"role": "user", "content": "stream it"}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
+        live_stream = stream_chat(gateway, "stream it")
         recorded = gateway.calls
     assert len(list(recordings.glob("*.json"))) == 2
 
@@ -390,21 +372,12 @@ def test_record_then_replay_with_the_upstream_stopped(
 
     with running_gateway("replay", recordings_dir=recordings, prices=prices) as gateway:
         replay_json = chat(gateway, "What is the answer?").json()
-        replay_stream = list(
-            client(gateway).chat.completions.create(
-                model="test-model",
-                messages=[{"role": "user", "content": "stream it"}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
+        replay_stream = stream_chat(gateway, "stream it")
         replayed = gateway.calls
 
     assert replay_json["choices"] == live_json["choices"]
     assert replay_json["usage"] == live_json["usage"]
-    text = "".join(c.choices[0].delta.content or "" for c in replay_stream if c.choices)
-    assert text == "".join(c.choices[0].delta.content or "" for c in live_stream if c.choices)
-    assert text == "Echo: stream it"
+    assert streamed_text(replay_stream) == streamed_text(live_stream) == "Echo: stream it"
     assert replay_stream[-1].usage == live_stream[-1].usage
     for before, after in zip(recorded, replayed, strict=True):
         assert (after.source, after.status, after.would_cost) == ("recording", "ok", True)
