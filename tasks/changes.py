@@ -26,6 +26,10 @@ from cicd.config import CONFIG_FILE
 from cicd.errors import InfrastructureError
 
 # Changing these changes the pipeline or the environment: everything reruns.
+# Part of every job cache key. Bump it when what a job stores changes (a new
+# step, field or count): a cached result of the old shape would otherwise be
+# served until the target's inputs change (the `services` step of 2026-11-23).
+RESULT_VERSION = "2"
 NEVER_IGNORED = frozenset({CONFIG_FILE, "pyproject.toml", "setup.py", "setup.cfg"})
 
 
@@ -96,6 +100,7 @@ def job_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
         return None
     env = parameters.get("env")
     material = {
+        "results": RESULT_VERSION,
         "task": context.task.name if context is not None else "",
         "job": parameters.get("name", ""),
         "inputs": inputs_key,

@@ -78,6 +78,16 @@ def test_cache_key_covers_inputs_config_and_environment() -> None:
     assert _key(inputs_key=None) is None  # no fingerprint, no caching
 
 
+def test_cache_key_changes_with_the_shape_of_stored_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tasks.changes
+
+    before = _key()
+    monkeypatch.setattr(tasks.changes, "RESULT_VERSION", "next")
+    assert _key() != before
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_rerun_is_cached_and_docs_only_change_skips(sample_repos: dict[str, Path]) -> None:
     from flows.pr_validation import pr_validation
