@@ -105,10 +105,10 @@ def job_result(name: str, future: Any) -> JobResult:
     future.wait()
     state = future.state
     if state.is_completed():
-        result = future.result()
+        result: JobResult = future.result()
         if state.name == "Cached":
-            result = replace(result, state=JobState.CACHED, reason="served from the Prefect cache")
-        return result  # type: ignore[no-any-return]
+            return cached(result)
+        return result
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, JobResult):  # a Failed state carrying the job's result
         return outcome
@@ -116,6 +116,17 @@ def job_result(name: str, future: Any) -> JobResult:
     return JobResult(
         name=name, state=JobState.FAILED, duration=0.0, reason=f"{state.name}: {message}"
     )
+
+
+def cached(result: JobResult) -> JobResult:
+    """A result served from the cache keeps its own verdict.
+
+    Only passing results are written (``tasks.jobs.keep_out_of_cache``), but a
+    store written by an older version may hold a failure: it stays a failure.
+    """
+    if not result.state.ok:
+        return replace(result, reason=f"{result.reason} (served from the Prefect cache)")
+    return replace(result, state=JobState.CACHED, reason="served from the Prefect cache")
 
 
 def collect(futures: Iterable[tuple[str, Any]]) -> tuple[JobResult, ...]:

@@ -21,15 +21,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cicd import command
 from cicd.config import CONFIG_FILE
-from cicd.errors import InfrastructureError
+from tasks.git import tracked_entries
 
 # Changing these changes the pipeline or the environment: everything reruns.
 # Part of every job cache key. Bump it when what a job stores changes (a new
 # step, field or count): a cached result of the old shape would otherwise be
 # served until the target's inputs change (the `services` step of 2026-11-23).
-RESULT_VERSION = "2"
+# Version 3: stores of version 2 may hold failed results (see tasks.jobs.keep_out_of_cache).
+RESULT_VERSION = "3"
 NEVER_IGNORED = frozenset({CONFIG_FILE, "pyproject.toml", "setup.py", "setup.cfg"})
 
 
@@ -72,12 +72,10 @@ def only_ignored(changed: Iterable[str], ignore_paths: Sequence[str]) -> bool:
 
 
 def source_fingerprint(workspace: Path, ignore_paths: Sequence[str]) -> str:
-    """A hash of the content of every tracked file that some job depends on."""
-    result = command.run(["git", "-C", str(workspace), "ls-files", "-s", "-z"], timeout=60)
-    if not result.ok:
-        raise InfrastructureError(f"git ls-files failed: {result.tail(5)}")
+    """A hash of every tracked file that some job depends on: mode, git's object
+    id (a hash of the content) and path, for every entry of the index."""
     digest = hashlib.sha256()
-    for entry in sorted(filter(None, result.output.split("\0"))):
+    for entry in tracked_entries(workspace):
         meta, _, path = entry.partition("\t")
         if not is_ignored(path, ignore_paths):
             digest.update(f"{meta}\t{path}\0".encode())

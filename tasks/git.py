@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,29 @@ def changed_files(mirror: Path, base: str, commit: str) -> list[str]:
     if not result.ok:
         raise InfrastructureError(f"git diff {base_sha}..{commit} failed: {result.tail(5)}")
     return [name for name in result.output.split("\0") if name]
+
+
+def tracked_entries(workspace: Path) -> list[str]:
+    """Every entry of ``git ls-files -s`` (``mode oid stage\tpath``), sorted.
+
+    Read whole, not through ``command.run``, which keeps only the tail of a
+    command's output: a listing of a few hundred files would lose its first
+    entries, and a change to them would be served its parent's cached result.
+    """
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(workspace), "ls-files", "-s", "-z"],
+            capture_output=True,
+            timeout=GIT_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise InfrastructureError(f"git ls-files in {workspace} timed out") from None
+    if result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace")[-2000:]
+        raise InfrastructureError(f"git ls-files failed: {stderr}")
+    listing = result.stdout.decode(errors="surrogateescape")
+    return sorted(entry for entry in listing.split("\0") if entry)
 
 
 @task(

@@ -89,4 +89,22 @@ def job_outcome(result: JobResult) -> JobOutcome:
     """
     if result.state.ok:
         return result
+    keep_out_of_cache()
     return Failed(message=f"{result.name} {result.state.value}: {result.reason}", data=result)
+
+
+def keep_out_of_cache() -> None:
+    """Tell the running task's transaction not to store its result.
+
+    Prefect's task engine stages and commits the data of a *returned* state
+    under the cache key whatever the state's type (``handle_success`` in
+    ``prefect/task_engine.py``): without this a failing job's result is served
+    as ``Cached`` on the next run of the same inputs and the rerun reports
+    green. ``write_on_commit`` is the transaction's own switch for that write
+    (https://docs.prefect.io/v3/develop/transactions).
+    """
+    from prefect.transactions import get_transaction
+
+    transaction = get_transaction()
+    if transaction is not None:
+        transaction.write_on_commit = False
