@@ -39,9 +39,9 @@ def main() -> int:
     os.environ["CICD_HOME"] = tempfile.mkdtemp(prefix="bench-install-")
     from cicd import command
     from cicd.config import load_config
+    from cicd.git import checkout, remove_workspace
     from cicd.sample import create_sample_repo
     from tasks.environments import ensure_environment
-    from tasks.git import checkout, remove_workspace
 
     repo = create_sample_repo(Path(os.environ["CICD_HOME"]) / "agentkit")
     warm = checkout(str(repo), "main")

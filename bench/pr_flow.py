@@ -114,9 +114,8 @@ def median(values: list[float]) -> float:
 
 def flow_vs_shell(repo: Path, runs: int) -> dict[str, object]:
     from cicd.config import load_config
-    from cicd.pipeline import tool_packages
     from flows.pr_validation import pr_validation
-    from tasks.environments import ensure_environment
+    from tasks.environments import ensure_environment, tool_packages
 
     # The variant without the Neo4j job, on a branch of its own.
     git(repo, "checkout", "--quiet", "-B", "bench-no-neo4j", "main")

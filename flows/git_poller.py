@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cicd import command, paths
 from cicd.errors import BadInput, InfrastructureError
 from cicd.locking import file_lock
-from cicd.webhook import Ignored, StartFn, Trigger
+from deployments.webhook import Ignored, StartFn, Trigger
 
 FLOW_NAME: Final = "git-poller"
 TARGETS_VARIABLE: Final = "cicd-git-poller"

@@ -13,12 +13,14 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import LlmMode, PipelineConfig, load_config
-from cicd.pipeline import FlowOutcome, collect, finish, pipeline_run, tool_packages
 from cicd.results import JobResult, JobState
+from cicd.runs import pipeline_run
+from flows.gate import FlowOutcome, finish
 from tasks.benchmarks import JOB_NAME as BENCHMARK_JOB
 from tasks.benchmarks import benchmark_job
-from tasks.environments import environment_task
-from tasks.git import checkout_task
+from tasks.checkout import checkout_task
+from tasks.environments import environment_task, tool_packages
+from tasks.jobs import collect
 from tasks.testing import submit_suites
 from tasks.usage import llm_session
 

@@ -15,11 +15,12 @@ from prefect.artifacts import create_link_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import LlmMode, PipelineConfig, SuiteConfig, load_config
-from cicd.pipeline import FlowOutcome, PipelineRun, collect, finish, pipeline_run, tool_packages
 from cicd.results import JobResult, PipelineReport
-from tasks.environments import environment_task
-from tasks.git import checkout_task
-from tasks.jobs import JobFuture
+from cicd.runs import PipelineRun, pipeline_run
+from flows.gate import FlowOutcome, finish
+from tasks.checkout import checkout_task
+from tasks.environments import environment_task, tool_packages
+from tasks.jobs import JobFuture, collect
 from tasks.llm.budget import format_usd
 from tasks.notify import notify
 from tasks.testing import matrix_job, submit_suites

@@ -16,12 +16,15 @@ from typing import Any, Final
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from cicd.changes import only_ignored, source_fingerprint
 from cicd.config import PipelineConfig, load_config
-from cicd.pipeline import FlowOutcome, PipelineRun, collect, finish, pipeline_run, tool_packages
+from cicd.git import Checkout, changed_files
 from cicd.results import JobResult, JobState
-from tasks.changes import only_ignored, source_fingerprint
-from tasks.environments import environment_task
-from tasks.git import Checkout, changed_files, checkout_task
+from cicd.runs import PipelineRun, pipeline_run
+from flows.gate import FlowOutcome, finish
+from tasks.checkout import checkout_task
+from tasks.environments import environment_task, tool_packages
+from tasks.jobs import collect
 from tasks.quality import submit_quality
 from tasks.testing import submit_suites
 from tasks.usage import LlmSession, llm_session
@@ -73,7 +76,7 @@ def pr_validation(
 ) -> FlowOutcome:
     """``group`` (e.g. ``repo#branch``): a newer run of the same group cancels this one."""
     if group:
-        from cicd.concurrency import cancel_older_runs
+        from flows.concurrency import cancel_older_runs
 
         cancel_older_runs(FLOW_NAME, group)
     with pipeline_run(FLOW_NAME) as run:

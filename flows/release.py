@@ -18,11 +18,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import PipelineConfig, ReleaseConfig, load_config
-from cicd.pipeline import FlowOutcome, collect, finish, pipeline_run, tool_packages
 from cicd.results import JobResult, JobState
+from cicd.runs import pipeline_run
+from flows.gate import FlowOutcome, finish
 from tasks import changelog, packaging
-from tasks.environments import environment_task
-from tasks.git import checkout_task
+from tasks.checkout import checkout_task
+from tasks.environments import environment_task, tool_packages
+from tasks.jobs import collect
 from tasks.testing import submit_suites
 
 FLOW_NAME: Final = "release"

@@ -18,13 +18,14 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import task
 
 from cicd import command, paths
-from cicd.config import EnvironmentConfig
+from cicd.config import EnvironmentConfig, PipelineConfig, SuiteConfig
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.locking import file_lock
 
@@ -265,3 +266,16 @@ def environment_task(
     workspace: Path, config: EnvironmentConfig, packages: list[str], log_path: Path | None = None
 ) -> Environment:
     return ensure_environment(workspace, config, packages, log_path)
+
+
+def tool_packages(config: PipelineConfig, suites: Iterable[SuiteConfig] = ()) -> list[str]:
+    """What cicd-flows itself needs in the target's environment to run the jobs."""
+    suites = list(suites) or list(config.tests.values())
+    packages = sorted(config.quality.tools())
+    if suites:
+        packages.append("pytest")
+    if any(suite.coverage for suite in suites):
+        packages.append("pytest-cov")
+    if config.benchmarks is not None:
+        packages.append("pytest-benchmark")
+    return packages

@@ -5,8 +5,10 @@ turns a failed job into a failed Prefect task (so each job keeps its own state).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
@@ -108,3 +110,36 @@ def keep_out_of_cache() -> None:
     transaction = get_transaction()
     if transaction is not None:
         transaction.write_on_commit = False
+
+
+def job_result(name: str, future: Any) -> JobResult:
+    """The result of a submitted job task, whatever state it ended in."""
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        result: JobResult = future.result()
+        if state.name == "Cached":
+            return cached(result)
+        return result
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, JobResult):  # a Failed state carrying the job's result
+        return outcome
+    message = str(outcome) if isinstance(outcome, BaseException) else (state.message or state.name)
+    return JobResult(
+        name=name, state=JobState.FAILED, duration=0.0, reason=f"{state.name}: {message}"
+    )
+
+
+def cached(result: JobResult) -> JobResult:
+    """A result served from the cache keeps its own verdict.
+
+    Only passing results are written (``tasks.jobs.keep_out_of_cache``), but a
+    store written by an older version may hold a failure: it stays a failure.
+    """
+    if not result.state.ok:
+        return replace(result, reason=f"{result.reason} (served from the Prefect cache)")
+    return replace(result, state=JobState.CACHED, reason="served from the Prefect cache")
+
+
+def collect(futures: Iterable[tuple[str, Any]]) -> tuple[JobResult, ...]:
+    return tuple(job_result(name, future) for name, future in futures)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 
+from cicd.changes import job_cache_key
 from cicd.config import QualityConfig, ToolConfig
 from cicd.results import JobResult
-from tasks.changes import job_cache_key
 from tasks.environments import Environment
 from tasks.jobs import (
     Deadline,
@@ -28,7 +28,7 @@ from tasks.jobs import (
 )
 
 if TYPE_CHECKING:
-    from cicd.pipeline import PipelineRun
+    from cicd.runs import PipelineRun
 
 JOB_NAME = "quality"
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 
+from cicd.changes import job_cache_key
 from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, StepResult, TestCounts, TestFailure
-from tasks.changes import job_cache_key
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
 from tasks.jobs import (
     Deadline,
@@ -35,7 +35,7 @@ from tasks.jobs import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from cicd.pipeline import PipelineRun
+    from cicd.runs import PipelineRun
 
 # pytest's exit codes (pytest.ExitCode), named for the messages below.
 PYTEST_TESTS_FAILED = 1

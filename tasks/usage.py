@@ -24,8 +24,8 @@ from tasks.llm.budget import BudgetExceeded, check_budget, format_usd
 from tasks.llm.costs import CostStore
 
 if TYPE_CHECKING:
-    from cicd.pipeline import PipelineRun
-    from tasks.git import Checkout
+    from cicd.git import Checkout
+    from cicd.runs import PipelineRun
 
 BUDGET_JOB = "llm-budget"
 UPSTREAM_MODES = ("live", "record")

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from cicd.changes import is_ignored, job_cache_key, only_ignored, source_fingerprint
 from cicd.config import SuiteConfig
 from cicd.sample import git
-from tasks.changes import is_ignored, job_cache_key, only_ignored, source_fingerprint
 from tests.sample_repos import commit_on_branch
 
 IGNORE = ["docs/**", "*.md"]
@@ -81,10 +81,10 @@ def test_cache_key_covers_inputs_config_and_environment() -> None:
 def test_cache_key_changes_with_the_shape_of_stored_results(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import tasks.changes
+    import cicd.changes
 
     before = _key()
-    monkeypatch.setattr(tasks.changes, "RESULT_VERSION", "next")
+    monkeypatch.setattr(cicd.changes, "RESULT_VERSION", "next")
     assert _key() != before
 
 

@@ -36,10 +36,10 @@ import httpx
 import pytest
 import yaml
 
-from cicd import local_server
-from cicd.concurrency import RunInfo, cancel_older_runs, older_runs_in_group
 from cicd.errors import BadInput, InfrastructureError
 from cicd.sample import commit_all, git
+from deployments import local_stack as local_server
+from flows.concurrency import RunInfo, cancel_older_runs, older_runs_in_group
 from flows.git_poller import (
     PollTarget,
     RemoteRefs,
@@ -154,7 +154,7 @@ def test_compose_file_has_the_production_shape() -> None:
                 assert source in compose["volumes"], f"{name}: undeclared volume {source}"
 
     # The cicd commands parse with the real CLI.
-    from cicd.main import build_parser
+    from cicd.cli.main import build_parser
 
     register = build_parser().parse_args(services["register"]["command"][1:])
     assert register.command == "up" and register.workers == 0 and register.server_url
@@ -406,7 +406,7 @@ import time
 
 from prefect import flow
 
-from cicd.concurrency import cancel_older_runs
+from flows.concurrency import cancel_older_runs
 
 
 @flow(name="{name}")

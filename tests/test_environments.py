@@ -14,12 +14,12 @@ import pytest
 
 from cicd import paths
 from cicd.config import EnvironmentConfig
+from cicd.git import remove_workspace
 from tasks.environments import (
     ProjectBuildFailed,
     ensure_environment,
     project_site,
 )
-from tasks.git import remove_workspace
 
 PYPROJECT = """\
 [build-system]

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from cicd.config import load_config
-from cicd.pipeline import tool_packages
 from cicd.results import PipelineFailed
 from cicd.sample import commit_all, git
+from tasks.environments import tool_packages
 from tests.conftest import BIN
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
@@ -76,9 +76,9 @@ def test_injected_regression_fails_the_stage_naming_the_benchmark(perf_repo: Pat
 
 
 def test_unchanged_commit_passes_five_runs_out_of_five(perf_repo: Path, tmp_path: Path) -> None:
+    from cicd.git import checkout, remove_workspace
     from tasks.benchmarks import run_benchmark_job
     from tasks.environments import ensure_environment
-    from tasks.git import checkout, remove_workspace
 
     work = checkout(str(perf_repo), "perf-baseline")
     try:

@@ -176,7 +176,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 def test_checkout_never_touches_the_working_tree(sample_repos: dict[str, Path]) -> None:
-    from tasks.git import checkout, remove_workspace
+    from cicd.git import checkout, remove_workspace
 
     repo = sample_repos["agentkit"]
     dirty = repo / "src" / "agentkit" / "agent.py"

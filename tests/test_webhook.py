@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from cicd.errors import BadInput
-from cicd.webhook import (
+from deployments.webhook import (
     Ignored,
     Trigger,
     WebhookServer,
@@ -77,7 +77,7 @@ def receiver(recorder: Recorder) -> Iterator[WebhookServer]:
 
 
 def signature(body: bytes, secret: str = SECRET) -> str:
-    # Computed independently of cicd.webhook.sign, as the git host would.
+    # Computed independently of deployments.webhook.sign, as the git host would.
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 

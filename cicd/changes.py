@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cicd.config import CONFIG_FILE
-from tasks.git import tracked_entries
+from cicd.git import tracked_entries
 
 # Changing these changes the pipeline or the environment: everything reruns.
 # Part of every job cache key. Bump it when what a job stores changes (a new

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cicd import local_server
 from cicd.errors import BadInput
+from deployments import local_stack as local_server
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cicd import local_server
 from cicd.errors import BadInput, CicdError
+from deployments import local_stack as local_server
 
 EXIT_OK = 0
 EXIT_FAILED = 1

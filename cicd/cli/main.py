@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from cicd import __version__, command
-from cicd.commands import baseline as baseline_command
-from cicd.commands import down as down_command
-from cicd.commands import run as run_command
-from cicd.commands import up as up_command
-from cicd.commands import webhook as webhook_command
+from cicd.cli.commands import baseline as baseline_command
+from cicd.cli.commands import down as down_command
+from cicd.cli.commands import run as run_command
+from cicd.cli.commands import up as up_command
+from cicd.cli.commands import webhook as webhook_command
 
 
 def configure_prefect_defaults() -> None:

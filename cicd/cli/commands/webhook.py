@@ -1,4 +1,4 @@
-"""``cicd webhook``: serve the GitHub-style webhook receiver (cicd/webhook.py)
+"""``cicd webhook``: serve the GitHub-style webhook receiver (deployments/webhook.py)
 and start the matching deployment for each verified event.
 
 The secret comes from an environment variable (``--secret-env NAME``) or a
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_api_url() -> str:
     """PREFECT_API_URL, else the server ``cicd up`` started. Without either,
     each delivery would boot a throwaway Prefect server that no worker watches."""
-    from cicd.local_server import configured_api_url
+    from deployments.local_stack import configured_api_url
 
     url = configured_api_url()
     if not url:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ["PREFECT_API_URL"] = resolve_api_url()
         secret = read_secret(args)
 
-        from cicd.webhook import make_server, start_with_prefect
+        from deployments.webhook import make_server, start_with_prefect
 
         start = start_with_prefect(args.deployment_template)
         server = make_server(args.host, args.port, secret, start, args.tag_prefix, args.branches)

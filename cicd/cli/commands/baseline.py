@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cicd.config import load_config
 from cicd.errors import BadInput, CicdError
-from cicd.pipeline import tool_packages
+from tasks.environments import tool_packages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cicd.git import checkout, is_remote, remove_workspace
     from tasks import benchmarks
     from tasks.environments import ensure_environment
-    from tasks.git import checkout, is_remote, remove_workspace
 
     try:
         work = checkout(args.repo, args.ref)

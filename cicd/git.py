@@ -16,10 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import task
-
 from cicd import command, paths
-from cicd.errors import BadInput, InfrastructureError, retry_on_infrastructure
+from cicd.errors import BadInput, InfrastructureError
 from cicd.locking import file_lock
 
 GIT_TIMEOUT = 300.0
@@ -156,13 +154,3 @@ def tracked_entries(workspace: Path) -> list[str]:
         raise InfrastructureError(f"git ls-files failed: {stderr}")
     listing = result.stdout.decode(errors="surrogateescape")
     return sorted(entry for entry in listing.split("\0") if entry)
-
-
-@task(
-    name="checkout",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_on_infrastructure,
-)
-def checkout_task(repo: str, ref: str) -> Checkout:
-    return checkout(repo, ref)

@@ -1,0 +1,93 @@
+"""A pipeline run's directory (logs, reports) and the cleanup that survives
+failure and cancellation: whatever a run started is killed and its workspaces
+deleted on any exit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cicd import command, paths
+from cicd.git import Checkout, remove_workspace
+from cicd.results import JobResult, PipelineReport
+
+
+@dataclass
+class PipelineRun:
+    flow: str
+    run_id: str
+    directory: Path
+    started: float = field(default_factory=time.monotonic)
+    workspaces: list[Path] = field(default_factory=list)
+
+    def log(self, job: str) -> Path:
+        return self.directory / "logs" / f"{job}.log"
+
+    @property
+    def reports(self) -> Path:
+        path = self.directory / "reports"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def report(
+        self,
+        checkout: Checkout,
+        ref: str,
+        jobs: Iterable[JobResult],
+        sections: Iterable[str] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> PipelineReport:
+        return PipelineReport(
+            flow=self.flow,
+            repo=checkout.repo,
+            ref=ref,
+            commit=checkout.commit,
+            jobs=tuple(jobs),
+            duration=self.elapsed(),
+            extra=extra or {},
+            sections=tuple(sections),
+        )
+
+
+def _flow_run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.id
+    except Exception:
+        run_id = None
+    return str(run_id) if run_id else uuid.uuid4().hex
+
+
+@contextmanager
+def pipeline_run(flow: str) -> Iterator[PipelineRun]:
+    """Set up a run; on any exit (also cancellation) kill what it started and
+    delete its workspaces. Reports and logs stay in the run directory."""
+    run_id = _flow_run_id()
+    directory = paths.runs() / f"{flow}-{run_id}"
+    directory.mkdir(parents=True, exist_ok=True)
+    run = PipelineRun(flow, run_id, directory)
+    command.reopen()
+    try:
+        yield run
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            # Cancellation (Prefect's TerminationSignal), SIGTERM, Ctrl-C: jobs
+            # may still be running in worker threads; they must not start new
+            # processes once their groups are killed.
+            command.kill_all(close=True)
+        raise
+    finally:
+        # Prefect's cancellation kills the flow's process group; the jobs'
+        # commands run in groups of their own and must be killed here.
+        command.kill_all()
+        for workspace in run.workspaces:
+            remove_workspace(workspace)

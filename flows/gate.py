@@ -1,0 +1,28 @@
+"""The gate at the end of every flow: publish the summary, then fail the flow
+when any job failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.states import Failed
+
+from cicd.results import PipelineFailed, PipelineReport
+from tasks.reports import publish_report
+
+# What a flow returns: its report as JSON, or a Failed state carrying PipelineFailed.
+FlowOutcome = Any
+
+
+def finish(report: PipelineReport) -> FlowOutcome:
+    """Publish the summary artifacts, then gate: a failed report fails the flow.
+
+    The flow returns a Failed state rather than raising, so Prefect logs one
+    line instead of a traceback; calling the flow still raises the
+    ``PipelineFailed`` it carries, with the whole report.
+    """
+    publish_report(report)
+    if not report.passed:
+        failed = PipelineFailed(report)
+        return Failed(message=str(failed), data=failed)
+    return report.to_json()
