@@ -1,9 +1,9 @@
-"""Change detection and the inputs of a job, for instant reruns (seed 000).
+"""Change detection, for instant reruns (seed 000).
 
-A job's inputs are the content of the files it depends on (every tracked file
-except those matched by ``ignore_paths`` in cicd.yaml), its configuration and
-its environment. ``job_cache_key`` hashes them, so a rerun of the same inputs
-is served from the Prefect cache. ``only_ignored`` tells when a change
+``source_fingerprint`` hashes what a job's result depends on in the commit:
+every tracked file except those matched by ``ignore_paths`` in cicd.yaml. It is
+one of a job's declared inputs (``tasks/job.py``), so a rerun of the same
+inputs is served from the Prefect cache. ``only_ignored`` tells when a change
 touches nothing any job depends on, so the jobs can be skipped outright.
 
 Pattern rules (like .gitignore): ``*`` and ``?`` stay inside one path segment,
@@ -14,22 +14,15 @@ depth. Files that decide the pipeline itself can never be ignored.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from cicd.config import CONFIG_FILE
 from cicd.git import tracked_entries
 
 # Changing these changes the pipeline or the environment: everything reruns.
-# Part of every job cache key. Bump it when what a job stores changes (a new
-# step, field or count): a cached result of the old shape would otherwise be
-# served until the target's inputs change (the `services` step of 2026-11-23).
-# Version 3: stores of version 2 may hold failed results (see tasks.jobs.keep_out_of_cache).
-RESULT_VERSION = "3"
 NEVER_IGNORED = frozenset({CONFIG_FILE, "pyproject.toml", "setup.py", "setup.cfg"})
 
 
@@ -80,32 +73,3 @@ def source_fingerprint(workspace: Path, ignore_paths: Sequence[str]) -> str:
         if not is_ignored(path, ignore_paths):
             digest.update(f"{meta}\t{path}\0".encode())
     return digest.hexdigest()
-
-
-def _dump(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {str(k): _dump(v) for k, v in value.items()}
-    return value
-
-
-def job_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
-    """Prefect ``cache_key_fn`` of the PR jobs: None (no caching) unless the flow
-    passed ``inputs_key``, the source fingerprint of the commit under test."""
-    inputs_key = parameters.get("inputs_key")
-    if not inputs_key:
-        return None
-    env = parameters.get("env")
-    material = {
-        "results": RESULT_VERSION,
-        "task": context.task.name if context is not None else "",
-        "job": parameters.get("name", ""),
-        "inputs": inputs_key,
-        "environment": getattr(env, "key", None),
-        "config": _dump(parameters.get("suite") or parameters.get("config")),
-        "services": _dump(parameters.get("services") or {}),
-        "extra_env": parameters.get("extra_env") or {},
-    }
-    blob = json.dumps(material, sort_keys=True, default=str).encode()
-    return f"cicd-job-{hashlib.sha256(blob).hexdigest()}"

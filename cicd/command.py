@@ -107,6 +107,11 @@ def reopen() -> None:
     _closed.clear()
 
 
+def closed() -> bool:
+    """True while a run is being torn down (a killed command is then no verdict)."""
+    return _closed.is_set()
+
+
 atexit.register(kill_all, close=True)
 
 

@@ -154,3 +154,12 @@ def tracked_entries(workspace: Path) -> list[str]:
         raise InfrastructureError(f"git ls-files failed: {stderr}")
     listing = result.stdout.decode(errors="surrogateescape")
     return sorted(entry for entry in listing.split("\0") if entry)
+
+
+def commit_timestamp(repo: Path, commit: str) -> int:
+    """The committer time of ``commit`` (seconds since the epoch): a reproducible
+    build's SOURCE_DATE_EPOCH (https://reproducible-builds.org/docs/source-date-epoch/)."""
+    result = _git("-C", repo, "log", "-1", "--format=%ct", "--end-of-options", commit, "--")
+    if not result.ok:
+        raise InfrastructureError(f"git log of {commit} failed: {result.tail(5)}")
+    return int(result.output.strip() or 0)

@@ -19,6 +19,10 @@ class JobState(enum.StrEnum):
     TIMED_OUT = "timed_out"
     SKIPPED = "skipped"
     CACHED = "cached"
+    # Our side failed (a bug, or infrastructure after its retries): no verdict on the target.
+    ERRORED = "errored"
+    # Stopped before its end (the run was cancelled): no verdict either.
+    CANCELLED = "cancelled"
 
     @property
     def ok(self) -> bool:
@@ -75,6 +79,8 @@ class JobResult:
     details: dict[str, Any] = field(default_factory=dict)
     # A markdown section for the run summary (benchmark comparison, LLM usage).
     section: str = ""
+    # The flow run that computed this result: another run's when it is served from the cache.
+    origin: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -84,6 +90,9 @@ class JobResult:
         }
         if self.reason:
             data["reason"] = self.reason
+        if self.state is JobState.CACHED:
+            # The duration above is the original run's: nothing ran this time.
+            data["cached_from"] = {"flow_run": self.origin, "duration": round(self.duration, 3)}
         if self.tests is not None:
             data.update(
                 passed=self.tests.passed,

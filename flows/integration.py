@@ -1,6 +1,6 @@
 """Integration: the seed's ``.github/workflows/integration.yml`` as a Prefect flow.
 
-checkout -> environment -> LLM gateway (mock | replay | record | live)
+checkout -> change detection -> environment -> LLM gateway (mock | replay | record | live)
   -> agent-tests (with their services) -> LLM usage and budget
   -> performance-baseline (needs: agent-tests) -> gate
 """
@@ -12,17 +12,15 @@ from typing import Any, Final
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cicd.config import LlmMode, PipelineConfig, load_config
+from cicd.config import LlmMode, PipelineConfig
 from cicd.results import JobResult, JobState
-from cicd.runs import pipeline_run
 from flows.gate import FlowOutcome, finish
+from flows.opening import open_pipeline
 from tasks.benchmarks import JOB_NAME as BENCHMARK_JOB
-from tasks.benchmarks import benchmark_job
-from tasks.checkout import checkout_task
-from tasks.environments import environment_task, tool_packages
-from tasks.jobs import collect
-from tasks.testing import submit_suites
-from tasks.usage import llm_session
+from tasks.benchmarks import BenchmarkJob
+from tasks.job_runner import collect, run_job, submit_all
+from tasks.testing import suite_jobs
+from tasks.usage import BUDGET_JOB, LlmBudgetJob, llm_session
 
 FLOW_NAME: Final = "integration"
 # The seed: main runs a cached LLM, i.e. recorded answers.
@@ -43,35 +41,38 @@ def integration_suites(config: PipelineConfig) -> list[str]:
 def integration(
     repo: str, ref: str = "HEAD", base: str | None = None, llm_mode: LlmMode | None = None
 ) -> FlowOutcome:
-    with pipeline_run(FLOW_NAME) as run:
-        # - uses: actions/checkout@v4
-        checkout = checkout_task(repo, ref)
-        run.workspaces.append(checkout.path)
-        config = load_config(checkout.path)
+    """``base``: the commit before the push; a push that touches only ignored
+    paths (``on: push: paths-ignore``) runs nothing."""
+    with open_pipeline(FLOW_NAME, repo, ref) as opened:
+        run, checkout, config = opened.run, opened.checkout, opened.config
         settings = config.settings(FLOW_NAME)
         suites = integration_suites(config)
 
+        # on: push: paths-ignore (docs) -> nothing to run
+        reason = opened.skip_reason(base)
+        if reason is not None:
+            names = [*suites, BUDGET_JOB] + ([BENCHMARK_JOB] if config.benchmarks else [])
+            skipped = [JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in names]
+            return finish(run.report(checkout, ref, skipped))
+
         # - run: pip install -e ".[dev,integration]"
-        packages = tool_packages(config, [config.tests[name] for name in suites])
-        env = environment_task(checkout.path, config.environment, packages, run.log("environment"))
+        env = opened.environment(config.tests[name] for name in suites)
 
         # agent-tests: services: neo4j; env: USE_MOCK_LLM -> the gateway in `mode`
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
         with llm_session(config, mode, run, checkout, ref, settings.budget_usd) as llm:
-            jobs = list(collect(submit_suites(run, checkout.path, env, config, suites, llm.env)))
-        tests_passed = all(job.state.ok for job in jobs)
-        budget, usage = llm.account(tests_passed)
-        jobs.append(budget)
+            jobs = suite_jobs(config, suites, env, llm_env=llm.env)
+            results = list(collect(submit_all(jobs, run, checkout.path)))
+        tests_passed = all(result.state.ok for result in results)
+        budget = run_job(LlmBudgetJob(llm, tests_passed), run, checkout.path)
+        results.append(budget)
 
         # performance-baseline: needs: agent-tests
         if config.benchmarks is not None and tests_passed:
-            bench = benchmark_job.submit(
-                env.python, checkout.path, config.benchmarks, env.environ(),
-                run.reports / "benchmarks",
-            )  # fmt: skip
-            jobs += collect([(BENCHMARK_JOB, bench)])
+            benchmarks = BenchmarkJob(env.python, config.benchmarks, env.environ())
+            results.append(run_job(benchmarks, run, checkout.path))
         elif config.benchmarks is not None:
-            jobs.append(JobResult(BENCHMARK_JOB, JobState.SKIPPED, 0.0,
-                                  reason="skipped: agent tests failed"))  # fmt: skip
+            not_run = JobResult(BENCHMARK_JOB, JobState.SKIPPED, 0.0, reason="agent tests failed")
+            results.append(not_run)
 
-        return finish(run.report(checkout, ref, jobs, [usage], {"llm": budget.details}))
+        return finish(run.report(checkout, ref, results, extra={"llm": budget.details}))

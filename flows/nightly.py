@@ -7,24 +7,23 @@ checkout -> environment -> LLM gateway (live, or record)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Final
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cicd.config import LlmMode, PipelineConfig, SuiteConfig, load_config
+from cicd.config import LlmMode, PipelineConfig, SuiteConfig
 from cicd.results import JobResult, PipelineReport
-from cicd.runs import PipelineRun, pipeline_run
 from flows.gate import FlowOutcome, finish
-from tasks.checkout import checkout_task
-from tasks.environments import environment_task, tool_packages
-from tasks.jobs import JobFuture, collect
+from flows.opening import open_pipeline
+from tasks.environments import tool_packages
+from tasks.job import Job
+from tasks.job_runner import collect, run_job, submit_all
 from tasks.llm.budget import format_usd
 from tasks.notify import notify
-from tasks.testing import matrix_job, submit_suites
-from tasks.usage import llm_session
+from tasks.testing import MatrixJob, suite_jobs
+from tasks.usage import LlmBudgetJob, llm_session
 
 FLOW_NAME: Final = "nightly"
 DEFAULT_MODE: Final = "live"
@@ -59,60 +58,57 @@ def failure_message(report: PipelineReport) -> str:
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
 def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> FlowOutcome:
     logger = get_run_logger()
-    with pipeline_run(FLOW_NAME) as run:
-        # - uses: actions/checkout@v4
-        checkout = checkout_task(repo, ref)
-        run.workspaces.append(checkout.path)
-        config = load_config(checkout.path)
+    with open_pipeline(FLOW_NAME, repo, ref) as opened:
+        run, checkout, config = opened.run, opened.checkout, opened.config
         settings = config.settings(FLOW_NAME)
         suites = nightly_suites(config)
 
         # - run: pip install -e ".[dev,integration]"
-        packages = tool_packages(config, [config.tests[s] for s in suites])
-        env = environment_task(checkout.path, config.environment, packages, run.log("environment"))
+        env = opened.environment(config.tests[s] for s in suites)
 
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
         with llm_session(config, mode, run, checkout, ref, settings.budget_usd) as llm:
-            # full-test-suite: pytest tests/ --cov --cov-report=html --junit-xml
-            futures = submit_suites(
-                run, checkout.path, env, config, suites, llm.env, coverage_html=True
-            )
-            # matrix-testing: python-version: [...] (the default version ran above)
-            futures += submit_matrix(run, checkout.path, config, packages, settings.python)
-            jobs = list(collect(futures))
+            jobs: list[Job] = [
+                # full-test-suite: pytest tests/ --cov --cov-report=html --junit-xml
+                *suite_jobs(config, suites, env, llm_env=llm.env, coverage_html=True),
+                # matrix-testing: python-version: [...] (the default version ran above)
+                *matrix_jobs(config, suites, settings.python),
+            ]
+            results = list(collect(submit_all(jobs, run, checkout.path)))
 
         # Track LLM costs: the budget fails the run, the alert threshold notifies.
-        budget, usage = llm.account(all(job.state.ok for job in jobs))
-        jobs.append(budget)
-        publish_coverage_links(jobs)
-        report = run.report(checkout, ref, jobs, [usage], {"llm": budget.details})
+        passed = all(result.state.ok for result in results)
+        budget = run_job(LlmBudgetJob(llm, passed), run, checkout.path)
+        results.append(budget)
+        publish_coverage_links(results)
+        report = run.report(checkout, ref, results, extra={"llm": budget.details})
 
         # - name: Notify on failure (if: failure()), and on an over-threshold cost
-        notified = send_notifications(report, config, float(budget.details["spent_usd"]), logger)
-        report.extra["notified"] = notified
+        spent = float(budget.details.get("spent_usd", 0.0))
+        report.extra["notified"] = send_notifications(report, config, spent, logger)
         return finish(report)
 
 
-def submit_matrix(
-    run: PipelineRun,
-    workspace: Path,
-    config: PipelineConfig,
-    packages: list[str],
-    versions: list[str],
-) -> list[tuple[str, JobFuture]]:
+def matrix_jobs(
+    config: PipelineConfig, suites: list[str], versions: list[str]
+) -> list[MatrixJob]:
     """One ``matrix-py<version>`` job per extra Python version, each in its own environment."""
     matrix = matrix_suite(config)
-    futures = []
-    for version in versions:
-        if matrix is None or version == config.environment.python:
-            continue
-        entry = f"matrix-py{version}"
-        environment = config.environment.model_copy(update={"python": version})
-        future = matrix_job.with_options(name=entry).submit(
-            entry, workspace, environment, packages, matrix[1], config.services, run.reports / entry
+    if matrix is None:
+        return []
+    suite = matrix[1]
+    packages = tuple(tool_packages(config, [config.tests[s] for s in suites]))
+    return [
+        MatrixJob(
+            name=f"matrix-py{version}",
+            env_config=config.environment.model_copy(update={"python": version}),
+            packages=packages,
+            suite=suite,
+            services={s: config.services[s] for s in suite.services if s in config.services},
         )
-        futures.append((entry, future))
-    return futures
+        for version in versions
+        if version != config.environment.python
+    ]
 
 
 def publish_coverage_links(jobs: list[JobResult]) -> None:

@@ -10,22 +10,28 @@ the index stops the release before the first upload.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Final
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from cicd.config import PipelineConfig, ReleaseConfig, load_config
+from cicd.config import PipelineConfig
+from cicd.git import commit_timestamp
 from cicd.results import JobResult, JobState
-from cicd.runs import pipeline_run
 from flows.gate import FlowOutcome, finish
-from tasks import changelog, packaging
-from tasks.checkout import checkout_task
-from tasks.environments import environment_task, tool_packages
-from tasks.jobs import collect
-from tasks.testing import submit_suites
+from flows.opening import open_pipeline
+from tasks import changelog, packaging, publishing
+from tasks.job_runner import collect, run_job, submit_all
+from tasks.release_jobs import (
+    ACTIONS,
+    PUBLISH_JOB,
+    BuildJob,
+    PublishJob,
+    built_files,
+    published_files,
+)
+from tasks.testing import suite_jobs
 
 FLOW_NAME: Final = "release"
 JOB_RUNNER: Any = ThreadPoolTaskRunner(max_workers=4)
@@ -37,52 +43,9 @@ def release_suites(config: PipelineConfig) -> list[str]:
     return configured if configured is not None else list(config.tests)
 
 
-def credentials(release: ReleaseConfig) -> tuple[str | None, str | None]:
-    if not release.credentials_secret:
-        return None, None
-    from prefect.blocks.system import Secret
-
-    from tasks.llm import install_redactor
-
-    password = str(Secret.load(release.credentials_secret).get())  # type: ignore[union-attr]
-    install_redactor([password])
-    return release.username, password
-
-
-@task(name="build", retries=1, retry_delay_seconds=5)
-def build_task(root: Path, out_dir: Path, epoch: int, log_path: Path) -> list[Path]:
-    files = packaging.build_distributions(
-        root, out_dir, installer="uv", source_date_epoch=epoch, log_path=log_path
-    )
-    packaging.check_distributions(files, log_path=log_path)
-    return files
-
-
-@task(
-    name="publish",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=lambda t, r, s: packaging_retryable(s),
-)
-def publish_task(
-    files: list[Path], release: ReleaseConfig, repository_url: str, dry_run: bool, log_path: Path
-) -> packaging.PublishReport:
-    username, password = credentials(release)
-    return packaging.publish(
-        files,
-        repository_url=repository_url,
-        index_url=release.index_url or packaging.index_url_for(repository_url),
-        username=username,
-        password=password,
-        dry_run=dry_run,
-        log_path=log_path,
-    )
-
-
-def packaging_retryable(state: Any) -> bool:
-    from cicd.errors import retry_on_infrastructure
-
-    return retry_on_infrastructure(None, None, state)
+def stopped(results: list[JobResult], reason: str) -> list[JobResult]:
+    """The results so far and ``publish`` skipped: nothing is uploaded after a failure."""
+    return [*results, JobResult(PUBLISH_JOB, JobState.SKIPPED, 0.0, reason=reason)]
 
 
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
@@ -90,10 +53,8 @@ def release(
     repo: str, ref: str, dry_run: bool = False, repository_url: str | None = None
 ) -> FlowOutcome:
     logger = get_run_logger()
-    with pipeline_run(FLOW_NAME) as run:
-        checkout = checkout_task(repo, ref)
-        run.workspaces.append(checkout.path)
-        config = load_config(checkout.path)
+    with open_pipeline(FLOW_NAME, repo, ref) as opened:
+        run, checkout, config = opened.run, opened.checkout, opened.config
 
         # validate: the tag names the version in pyproject.toml
         name, version = packaging.read_project_version(checkout.path)
@@ -101,29 +62,27 @@ def release(
 
         # validate: run full test suite (stop on any failure)
         suites = release_suites(config)
-        packages = tool_packages(config, [config.tests[s] for s in suites])
-        env = environment_task(checkout.path, config.environment, packages, run.log("environment"))
-        jobs = list(collect(submit_suites(run, checkout.path, env, config, suites)))
-        if not all(job.state.ok for job in jobs):
-            jobs.append(JobResult("publish", JobState.SKIPPED, 0.0, reason="tests failed"))
-            return finish(run.report(checkout, ref, jobs))
+        env = opened.environment(config.tests[s] for s in suites)
+        results = list(collect(submit_all(suite_jobs(config, suites, env), run, checkout.path)))
+        if not all(result.state.ok for result in results):
+            return finish(run.report(checkout, ref, stopped(results, "tests failed")))
 
         # build: python -m build; twine check --strict
-        epoch = int(_commit_time(checkout.path, checkout.commit))
-        files = build_task(checkout.path, run.directory / "dist", epoch, run.log("build"))
+        epoch = commit_timestamp(checkout.path, checkout.commit)
+        build = run_job(BuildJob(run.directory / "dist", epoch), run, checkout.path)
+        results.append(build)
+        if not build.state.ok:
+            return finish(run.report(checkout, ref, stopped(results, "build failed")))
 
         # publish (idempotent; dry run does everything but upload)
-        target = repository_url or config.release.repository_url or packaging.DEFAULT_REPOSITORY_URL
-        published = publish_task(files, config.release, target, dry_run, run.log("publish"))
-        jobs.append(
-            JobResult(
-                "publish",
-                JobState.PASSED,
-                0.0,
-                reason="dry run: nothing uploaded" if dry_run else "",
-                details={a: published.names(a) for a in ("uploaded", "skipped", "would-upload")},
-            )
+        target = (
+            repository_url or config.release.repository_url or publishing.DEFAULT_REPOSITORY_URL
         )
+        files = tuple(built_files(build))
+        publish = run_job(PublishJob(files, config.release, target, dry_run), run, checkout.path)
+        results.append(publish)
+        if not publish.state.ok:
+            return finish(run.report(checkout, ref, results))
 
         # create-release: changelog since the previous tag, release record
         previous = changelog.previous_tag(checkout.path, ref, match=f"{config.release.tag_prefix}*")
@@ -133,7 +92,7 @@ def release(
             name,
             version,
             ref,
-            published.files,
+            published_files(publish),
             notes,
             previous_tag=previous,
             commit=checkout.commit,
@@ -146,18 +105,7 @@ def release(
             markdown=changelog.render_release_markdown(record),
             description=f"{name} {version}",
         )
-        create_table_artifact(key="release-files", table=[f.to_dict() for f in published.files])
-        logger.info(
-            "release %s %s: %s",
-            name,
-            version,
-            {a: len(published.names(a)) for a in ("uploaded", "skipped", "would-upload")},
-        )
-        return finish(run.report(checkout, ref, jobs, extra={"release": record}))
-
-
-def _commit_time(root: Path, commit: str) -> str:
-    from cicd import command
-
-    result = command.run(["git", "-C", str(root), "log", "-1", "--format=%ct", commit], timeout=60)
-    return result.output.strip() or "0"
+        create_table_artifact(key="release-files", table=record["files"])
+        counts = {action: len(publish.details[action]) for action in ACTIONS}
+        logger.info("release %s %s: %s", name, version, counts)
+        return finish(run.report(checkout, ref, results, extra={"release": record}))

@@ -6,29 +6,14 @@ every problem (a GitHub Actions job would stop at the first failing step).
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
-from prefect import task
-
-from cicd.changes import job_cache_key
 from cicd.config import QualityConfig, ToolConfig
 from cicd.results import JobResult
 from tasks.environments import Environment
-from tasks.jobs import (
-    Deadline,
-    JobFuture,
-    JobOutcome,
-    failure_reason,
-    job_outcome,
-    run_step,
-    state_of,
-)
-
-if TYPE_CHECKING:
-    from cicd.runs import PipelineRun
+from tasks.job import JobContext, JobInputs, failure_reason, run_step, state_of
 
 JOB_NAME = "quality"
 
@@ -42,54 +27,51 @@ def tool_argv(tool: str, python: Path, config: ToolConfig) -> list[str]:
     return [*base, *config.args, "--", *config.paths]
 
 
-def run_quality(
-    workspace: Path, env: Environment, config: QualityConfig, log_path: Path | None = None
-) -> JobResult:
-    started = time.monotonic()
-    deadline = Deadline(config.timeout)
-    environ = env.environ()
-    steps = tuple(
-        run_step(
-            name,
-            tool_argv(name, env.python, tool),
-            cwd=workspace,
-            env=environ,
-            deadline=deadline,
-            log_path=log_path,
+@dataclass(frozen=True)
+class QualityJob:
+    """Every configured tool over the workspace, in the target's environment."""
+
+    config: QualityConfig
+    env: Environment
+    # The commit's fingerprint when a pass may be reused; None runs afresh.
+    source: str | None = None
+    name: str = JOB_NAME
+
+    kind: ClassVar[str] = "quality"
+    version: ClassVar[str] = "1"
+
+    @property
+    def timeout(self) -> float:
+        return self.config.timeout
+
+    def inputs(self) -> JobInputs:
+        return JobInputs(self.source, config=self.config, environment=self.env.key)
+
+    def run(self, context: JobContext) -> JobResult:
+        environ = self.env.environ()
+        steps = tuple(
+            run_step(
+                tool,
+                tool_argv(tool, self.env.python, config),
+                cwd=context.workspace,
+                env=environ,
+                deadline=context.deadline,
+                log_path=context.log(self.name),
+            )
+            for tool, config in self.config.tools().items()
         )
-        for name, tool in config.tools().items()
-    )
-    state = state_of(steps)
-    return JobResult(
-        name=JOB_NAME,
-        state=state,
-        duration=time.monotonic() - started,
-        steps=steps,
-        reason="" if state.ok else failure_reason(steps, deadline),
-    )
+        state = state_of(steps)
+        return JobResult(
+            name=self.name,
+            state=state,
+            duration=sum(step.duration for step in steps),
+            steps=steps,
+            reason="" if state.ok else failure_reason(steps, context.deadline),
+        )
 
 
-@task(
-    name="quality",
-    cache_key_fn=job_cache_key,
-    persist_result=True,
-    cache_expiration=timedelta(days=7),
-)
-def quality_job(
-    workspace: Path,
-    env: Environment,
-    config: QualityConfig,
-    log_path: Path | None = None,
-    inputs_key: str | None = None,
-) -> JobOutcome:
-    """``inputs_key`` (the source fingerprint) turns on caching: same inputs, same result."""
-    return job_outcome(run_quality(workspace, env, config, log_path))
-
-
-def submit_quality(
-    run: PipelineRun, workspace: Path, env: Environment, config: QualityConfig, inputs_key: str
-) -> list[tuple[str, JobFuture]]:
-    """The quality job as a started task, or nothing when no tool is configured."""
-    if not config.tools():
-        return []
-    return [(JOB_NAME, quality_job.submit(workspace, env, config, run.log(JOB_NAME), inputs_key))]
+def quality_jobs(
+    config: QualityConfig, env: Environment, source: str | None
+) -> list[QualityJob]:
+    """The quality job, or none when no tool is configured."""
+    return [QualityJob(config, env, source)] if config.tools() else []

@@ -15,6 +15,8 @@ _ICONS = {
     JobState.TIMED_OUT: "⏱️",
     JobState.SKIPPED: "⏭️",
     JobState.CACHED: "♻️",
+    JobState.ERRORED: "💥",
+    JobState.CANCELLED: "🛑",
 }
 
 
@@ -109,4 +111,31 @@ def publish_report(report: PipelineReport) -> None:
         key=artifact_key(report.flow, "jobs"),
         table=job_rows(report),
         description=f"{report.flow} jobs",
+    )
+
+
+def render_job(result: JobResult) -> str:
+    """One job's result as markdown: the artifact of its task run."""
+    lines = [f"# {result.name}: {_ICONS[result.state]} {result.state.value}", ""]
+    reason = f" - {_escape(result.reason)}" if result.reason else ""
+    lines.append(f"{result.duration:.1f}s{reason}")
+    if result.tests is not None:
+        passed, failed, skipped = _counts(result)
+        lines += ["", f"Tests: {passed} passed, {failed} failed, {skipped} skipped"]
+        lines += [f"- `{f.name}`: {_escape(f.message)}" for f in result.tests.failures]
+    if result.coverage_percent is not None:
+        lines += ["", f"Coverage: {result.coverage_percent:.1f}%"]
+    if result.steps:
+        lines += ["", "| Step | Exit | Duration |", "|---|---:|---:|"]
+        lines += [f"| {s.name} | {s.returncode} | {s.duration:.1f}s |" for s in result.steps]
+    return "\n".join(lines) + "\n"
+
+
+def publish_job_artifact(flow: str, result: JobResult) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key=artifact_key(flow, f"job-{result.name}"),
+        markdown=render_job(result),
+        description=f"{flow} job {result.name}",
     )

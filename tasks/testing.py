@@ -10,32 +10,24 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import replace
-from datetime import timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
-from prefect import task
-
-from cicd.changes import job_cache_key
 from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, StepResult, TestCounts, TestFailure
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
-from tasks.jobs import (
+from tasks.job import (
     Deadline,
-    JobFuture,
-    JobOutcome,
+    JobContext,
+    JobInputs,
+    JobSkipped,
     failure_reason,
-    job_outcome,
     run_step,
     state_of,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from cicd.runs import PipelineRun
 
 # pytest's exit codes (pytest.ExitCode), named for the messages below.
 PYTEST_TESTS_FAILED = 1
@@ -122,12 +114,13 @@ def run_suite(
     env: Environment,
     suite: SuiteConfig,
     reports_dir: Path,
+    deadline: Deadline,
     extra_env: dict[str, str] | None = None,
     log_path: Path | None = None,
     coverage_html: bool = False,
 ) -> JobResult:
+    """pytest over one suite, with JUnit and coverage parsed into the result."""
     started = time.monotonic()
-    deadline = Deadline(suite.timeout)
     reports_dir.mkdir(parents=True, exist_ok=True)
     junit_path = reports_dir / f"junit-{name}.xml"
     coverage_path = reports_dir / f"coverage-{name}.json" if suite.coverage else None
@@ -172,51 +165,62 @@ def run_suite(
     )
 
 
-@task(
-    name="tests",
-    cache_key_fn=job_cache_key,
-    persist_result=True,
-    cache_expiration=timedelta(days=7),
-)
-def test_job(
-    name: str,
-    workspace: Path,
-    env: Environment,
-    suite: SuiteConfig,
-    services: dict[str, ServiceConfig],
-    reports_dir: Path,
-    extra_env: dict[str, str] | None = None,
-    log_path: Path | None = None,
-    coverage_html: bool = False,
-    inputs_key: str | None = None,
-) -> JobOutcome:
-    """One test suite; its services start before it (healthy) and stop after it, always.
+@dataclass(frozen=True)
+class SuiteJob:
+    """One named test suite (``tests.<name>`` of cicd.yaml) in a ready environment.
 
-    ``inputs_key`` (the source fingerprint) turns on caching: same inputs, same
-    result. Flows whose point is a fresh run (nightly, release) leave it unset.
+    Its services start before it (healthy) and stop after it, whatever happens;
+    their start counts in the job's time, as a CI job's service containers do.
     """
-    return job_outcome(
-        run_suite_with_services(
-            name, workspace, env, suite, services, reports_dir, extra_env, log_path, coverage_html
+
+    name: str
+    suite: SuiteConfig
+    env: Environment
+    # The configuration of the services this suite uses, by name.
+    services: dict[str, ServiceConfig] = field(default_factory=dict)
+    source: str | None = None
+    # Variables from the run (the LLM gateway's address); part of the inputs.
+    extra_env: dict[str, str] = field(default_factory=dict)
+    coverage_html: bool = False
+
+    kind: ClassVar[str] = "tests"
+    version: ClassVar[str] = "1"
+
+    @property
+    def timeout(self) -> float:
+        return self.suite.timeout
+
+    def inputs(self) -> JobInputs:
+        return JobInputs(
+            self.source,
+            config=self.suite,
+            environment=self.env.key,
+            services=self.services,
+            extra={"env": self.extra_env, "coverage_html": self.coverage_html},
         )
-    )
+
+    def run(self, context: JobContext) -> JobResult:
+        return run_with_services(
+            self.name, context, self.env, self.suite, self.services, self.extra_env,
+            self.coverage_html,
+        )  # fmt: skip
 
 
-def run_suite_with_services(
+def run_with_services(
     name: str,
-    workspace: Path,
+    context: JobContext,
     env: Environment,
     suite: SuiteConfig,
     services: dict[str, ServiceConfig],
-    reports_dir: Path,
-    extra_env: dict[str, str] | None = None,
-    log_path: Path | None = None,
+    extra_env: dict[str, str],
     coverage_html: bool = False,
 ) -> JobResult:
+    reports = context.run.reports
     if not suite.services:
         return run_suite(
-            name, workspace, env, suite, reports_dir, extra_env, log_path, coverage_html
-        )
+            name, context.workspace, env, suite, reports, context.deadline, extra_env,
+            context.log(name), coverage_html,
+        )  # fmt: skip
     # Imported here: the service layer pulls in the Neo4j driver, which jobs
     # without services do not need.
     from tasks.services import neo4j_slot, running_services
@@ -224,7 +228,7 @@ def run_suite_with_services(
     started = time.monotonic()
     with (
         neo4j_slot(),
-        running_services(services, suite.services, reports_dir / f"services-{name}") as service_env,
+        running_services(services, suite.services, reports / f"services-{name}") as service_env,
     ):
         # The job's time includes waiting for a slot and the health check, as a
         # CI job's includes its service containers; the step says how much.
@@ -232,68 +236,79 @@ def run_suite_with_services(
             "services", " ".join(suite.services), 0, time.monotonic() - started
         )
         result = run_suite(
-            name,
-            workspace,
-            env,
-            suite,
-            reports_dir,
-            {**service_env, **(extra_env or {})},
-            log_path,
-            coverage_html,
-        )
+            name, context.workspace, env, suite, reports, context.deadline,
+            {**service_env, **extra_env}, context.log(name), coverage_html,
+        )  # fmt: skip
     return replace(
         result, duration=time.monotonic() - started, steps=(services_step, *result.steps)
     )
 
 
-def submit_suites(
-    run: PipelineRun,
-    workspace: Path,
-    env: Environment,
+def suite_jobs(
     config: PipelineConfig,
     names: Iterable[str],
+    env: Environment,
+    source: str | None = None,
     llm_env: dict[str, str] | None = None,
     coverage_html: bool = False,
-    inputs_key: str | None = None,
-) -> list[tuple[str, JobFuture]]:
-    """Start one ``tests-<name>`` task per suite, in parallel; the LLM variables go
-    only to suites that need an LLM, whose answers are never cached."""
-    futures = []
+) -> list[SuiteJob]:
+    """One job per suite; the LLM variables go only to suites that need an LLM,
+    whose answers are never cached."""
+    jobs = []
     for name in names:
         suite = config.tests[name]
-        future = test_job.with_options(name=f"tests-{name}").submit(
-            name, workspace, env, suite, config.services, run.reports,
-            llm_env if suite.llm else None, run.log(name), coverage_html,
-            None if suite.llm else inputs_key,
-        )  # fmt: skip
-        futures.append((name, future))
-    return futures
+        jobs.append(
+            SuiteJob(
+                name=name,
+                suite=suite,
+                env=env,
+                services={s: config.services[s] for s in suite.services if s in config.services},
+                source=None if suite.llm else source,
+                extra_env=dict(llm_env or {}) if suite.llm else {},
+                coverage_html=coverage_html,
+            )
+        )
+    return jobs
 
 
-@task(name="matrix")
-def matrix_job(
-    name: str,
-    workspace: Path,
-    env_config: EnvironmentConfig,
-    packages: list[str],
-    suite: SuiteConfig,
-    services: dict[str, ServiceConfig],
-    reports_dir: Path,
-    extra_env: dict[str, str] | None = None,
-) -> JobOutcome:
+@dataclass(frozen=True)
+class MatrixJob:
     """One matrix entry: its own environment on one Python version, then the suite.
 
     A version whose interpreter this worker lacks is reported as skipped with
     that reason, never silently dropped.
     """
-    started = time.monotonic()
-    log_path = reports_dir.parent / "logs" / f"{name}.log"
-    try:
-        env = ensure_environment(workspace, env_config, packages, log_path)
-    except InterpreterMissing as exc:
-        return JobResult(name, JobState.SKIPPED, time.monotonic() - started, reason=str(exc))
-    return job_outcome(
-        run_suite_with_services(
-            name, workspace, env, suite, services, reports_dir, extra_env, log_path
+
+    name: str
+    env_config: EnvironmentConfig
+    packages: tuple[str, ...]
+    suite: SuiteConfig
+    services: dict[str, ServiceConfig] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "matrix"
+    version: ClassVar[str] = "1"
+
+    @property
+    def timeout(self) -> float:
+        return self.env_config.timeout + self.suite.timeout
+
+    def inputs(self) -> JobInputs:
+        # A matrix entry runs afresh every night: never cached.
+        return JobInputs(
+            None,
+            config=self.suite,
+            services=self.services,
+            extra={"environment": self.env_config, "packages": self.packages},
         )
-    )
+
+    def run(self, context: JobContext) -> JobResult:
+        started = time.monotonic()
+        log_path = context.log(self.name)
+        try:
+            env = ensure_environment(
+                context.workspace, self.env_config, list(self.packages), log_path
+            )
+        except InterpreterMissing as exc:
+            raise JobSkipped(str(exc)) from None
+        result = run_with_services(self.name, context, env, self.suite, self.services, {})
+        return replace(result, duration=time.monotonic() - started)

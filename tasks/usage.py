@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from cicd.config import CONFIG_FILE, LlmMode, PipelineConfig
 from cicd.errors import ConfigError
 from cicd.results import JobResult, JobState
+from tasks.job import JobContext, JobInputs
 from tasks.llm import CallRecord, Gateway, gateway_from_config, load_api_key
 from tasks.llm.budget import BudgetExceeded, check_budget, format_usd
 from tasks.llm.costs import CostStore
@@ -181,3 +182,26 @@ def account(
             section,
         )
     return JobResult(BUDGET_JOB, JobState.PASSED, 0.0, details=details), section
+
+
+@dataclass(frozen=True)
+class LlmBudgetJob:
+    """The ``llm-budget`` job: record the run's LLM calls, fail when over budget.
+
+    Runs after the test jobs (it accounts for their calls); never cached.
+    """
+
+    session: LlmSession
+    tests_passed: bool
+    name: str = BUDGET_JOB
+
+    kind: ClassVar[str] = "llm-budget"
+    version: ClassVar[str] = "1"
+    timeout: ClassVar[float] = 120.0
+
+    def inputs(self) -> JobInputs:
+        return JobInputs(None)
+
+    def run(self, context: JobContext) -> JobResult:
+        budget, usage = self.session.account(self.tests_passed)
+        return replace(budget, section=usage)

@@ -14,21 +14,22 @@ import pytest
 
 from cicd.config import BenchmarkConfig
 from cicd.errors import BadInput, ConfigError
-from tasks.benchmarks import (
+from tasks.benchmark_baseline import (
     Baseline,
     BenchmarkError,
     Stats,
     baseline_from_runs,
-    check_benchmarks,
-    compare,
-    format_seconds,
     load_baseline,
-    mann_whitney_greater,
     parse_benchmark_json,
-    render_comparison_markdown,
-    run_benchmarks,
     write_baseline,
 )
+from tasks.benchmark_stats import (
+    compare,
+    format_seconds,
+    mann_whitney_greater,
+    render_comparison_markdown,
+)
+from tasks.benchmarks import check_benchmarks, run_benchmarks
 
 HOT = "tests/performance/test_perf.py::test_hot"
 COLD = "tests/performance/test_perf.py::test_cold"

@@ -4,12 +4,10 @@ PR flow serving unchanged jobs from the Prefect cache or skipping them."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from cicd.changes import is_ignored, job_cache_key, only_ignored, source_fingerprint
-from cicd.config import SuiteConfig
+from cicd.changes import is_ignored, only_ignored, source_fingerprint
 from cicd.sample import git
 from tests.sample_repos import commit_on_branch
 
@@ -53,39 +51,6 @@ def test_fingerprint_follows_code_not_docs(sample_repos: dict[str, Path]) -> Non
     # Without ignore_paths the docs are inputs like any other file.
     assert fingerprints["docs-only"][1] != fingerprints["main"][1]
     assert fingerprints["lint-error"][0] != fingerprints["main"][0]
-
-
-def _key(**overrides: object) -> str | None:
-    suite = SuiteConfig(paths=["tests/unit"])
-    params: dict[str, object] = {
-        "name": "unit",
-        "suite": suite,
-        "services": {},
-        "inputs_key": "abc",
-        "env": SimpleNamespace(key="env1"),
-        "extra_env": None,
-    }
-    params.update(overrides)
-    return job_cache_key(SimpleNamespace(task=SimpleNamespace(name="tests-unit")), params)
-
-
-def test_cache_key_covers_inputs_config_and_environment() -> None:
-    base = _key()
-    assert base is not None and base == _key()
-    assert _key(inputs_key="abd") != base
-    assert _key(env=SimpleNamespace(key="env2")) != base
-    assert _key(suite=SuiteConfig(paths=["tests/unit"], markers="not slow")) != base
-    assert _key(inputs_key=None) is None  # no fingerprint, no caching
-
-
-def test_cache_key_changes_with_the_shape_of_stored_results(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import cicd.changes
-
-    before = _key()
-    monkeypatch.setattr(cicd.changes, "RESULT_VERSION", "next")
-    assert _key() != before
 
 
 @pytest.mark.usefixtures("prefect_server")

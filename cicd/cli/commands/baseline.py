@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cicd.git import checkout, is_remote, remove_workspace
-    from tasks import benchmarks
+    from tasks import benchmark_baseline, benchmarks
     from tasks.environments import ensure_environment
 
     try:
@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
                 work.path / ".cicd-benchmarks",
                 config.benchmarks.timeout,
             )
-            written = benchmarks.write_baseline(output, benchmarks.baseline_from_runs(rounds))
+            written = benchmark_baseline.write_baseline(
+                output, benchmark_baseline.baseline_from_runs(rounds)
+            )
         finally:
             remove_workspace(work.path)
     except BadInput as exc:

@@ -1,0 +1,56 @@
+"""What every pipeline does first, in one place: the run directory, the
+checkout (registered for cleanup at once), cicd.yaml, and the environment.
+
+    - uses: actions/checkout@v4
+    - run: pip install -e ".[dev]"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cicd.changes import only_ignored
+from cicd.config import PipelineConfig, SuiteConfig, load_config
+from cicd.git import Checkout, changed_files
+from cicd.runs import PipelineRun, pipeline_run
+from tasks.checkout import checkout_task
+from tasks.environments import Environment, environment_task, tool_packages
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A pipeline run with its commit checked out and its configuration read."""
+
+    run: PipelineRun
+    checkout: Checkout
+    config: PipelineConfig
+
+    def environment(self, suites: Iterable[SuiteConfig] = ()) -> Environment:
+        """The target's environment with what the jobs need (reused while unchanged)."""
+        packages = tool_packages(self.config, suites)
+        return environment_task(
+            self.checkout.path, self.config.environment, packages, self.run.log("environment")
+        )
+
+    def skip_reason(self, base: str | None) -> str | None:
+        """Why every job can be skipped: the change since ``base`` touches only
+        ignored paths (``on: pull_request: paths-ignore``)."""
+        if not base:
+            return None
+        changed = changed_files(self.checkout.mirror, base, self.checkout.commit)
+        if not only_ignored(changed, self.config.ignore_paths):
+            return None
+        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        return f"skipped: only paths no job depends on changed ({shown}; ignore_paths)"
+
+
+@contextmanager
+def open_pipeline(flow: str, repo: str, ref: str) -> Iterator[Opened]:
+    """Set up a run of ``flow`` on ``repo@ref``; on any exit its processes are
+    killed and its workspace deleted (``cicd.runs.pipeline_run``)."""
+    with pipeline_run(flow) as run:
+        checkout = checkout_task(repo, ref)
+        run.workspaces.append(checkout.path)
+        yield Opened(run, checkout, load_config(checkout.path))

@@ -1,0 +1,148 @@
+"""The job interface: what every CI job (quality, a test suite, a matrix entry,
+benchmarks, build, publish, the LLM budget) is to the pipelines.
+
+In the spirit of pre-commit's ``lang_base.py``: a commented Protocol that the
+plugins implement, kept apart from the registry (``tasks/all_jobs.py``) and
+from the one place that turns a job into a Prefect task
+(``tasks/job_runner.py``). A job does its work in ``run``; it does not know
+about Prefect, caching, retries or artifacts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from cicd import command
+from cicd.errors import CicdError
+from cicd.results import JobResult, JobState, StepResult
+from cicd.runs import PipelineRun
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """Everything that decides a job's result; the cache key is made of these.
+
+    ``source`` is the fingerprint of the commit's files (``cicd.changes``):
+    ``None`` means the job must run afresh every time (nightly, release, LLM
+    suites) and is never cached. ``config`` is the job's own configuration,
+    ``environment`` the key of the environment it runs in, ``services`` the
+    configuration of the services it starts, ``extra`` anything else
+    (variables, flags). Values must be JSON-serialisable or pydantic models.
+    """
+
+    source: str | None
+    config: Any = None
+    environment: str | None = None
+    services: Any = None
+    extra: Any = None
+
+
+class Job(Protocol):
+    # The job's name in reports and ``--json`` ("quality", "unit", "matrix-py3.12").
+    @property
+    def name(self) -> str: ...
+
+    # The Prefect task name of this kind of job ("quality", "tests", "build").
+    kind: ClassVar[str]
+
+    # Bump when what ``run`` computes or stores changes (a new step, count or
+    # field): a result cached by an older implementation is then not served.
+    version: ClassVar[str]
+
+    # The job's time budget in seconds, for all its steps together.
+    @property
+    def timeout(self) -> float: ...
+
+    # What decides the result (see JobInputs).
+    def inputs(self) -> JobInputs: ...
+
+    # Do the work. Return the verdict; raise ``JobSkipped`` when the job does
+    # not apply here, an ``InfrastructureError`` when something outside the
+    # target failed (it is retried), any other ``CicdError`` for a failure
+    # with a reason. Every other exception is a bug of ours, reported as such.
+    def run(self, context: JobContext) -> JobResult: ...
+
+
+class JobSkipped(CicdError):
+    """The job does not apply (e.g. a Python version this worker lacks)."""
+
+
+class Deadline:
+    """A job's time budget, shared by its steps."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job runs with: its pipeline run (logs, reports) and its deadline."""
+
+    run: PipelineRun
+    workspace: Path
+    deadline: Deadline
+
+    def log(self, job: str) -> Path:
+        return self.run.log(job)
+
+
+def run_step(
+    name: str,
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    deadline: Deadline,
+    log_path: Path | None = None,
+) -> StepResult:
+    """One command of a job, within what is left of the job's deadline.
+
+    Raises ``command.Cancelled`` when the run is being torn down, also when the
+    command was killed by that teardown: its exit status is not a verdict.
+    """
+    if deadline.expired:
+        return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
+    try:
+        result = command.run(
+            argv, cwd=cwd, env=env, timeout=deadline.remaining(), log_path=log_path
+        )
+    except FileNotFoundError as exc:
+        return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
+    if not result.ok and command.closed():
+        raise command.Cancelled(f"{name} was stopped: the run is shutting down")
+    return StepResult(
+        name=name,
+        command=result.display,
+        returncode=result.returncode,
+        duration=result.duration,
+        timed_out=result.timed_out,
+        output_tail=result.tail(40),
+    )
+
+
+def state_of(steps: Sequence[StepResult]) -> JobState:
+    if any(step.timed_out for step in steps):
+        return JobState.TIMED_OUT
+    if any(not step.ok for step in steps):
+        return JobState.FAILED
+    return JobState.PASSED
+
+
+def failure_reason(steps: Sequence[StepResult], deadline: Deadline) -> str:
+    timed_out = [s.name for s in steps if s.timed_out]
+    if timed_out:
+        return f"timed out after {deadline.seconds:.0f}s in {timed_out[0]}; process group killed"
+    failed = [f"{s.name} (exit {s.returncode})" for s in steps if not s.ok]
+    return ", ".join(failed)
