@@ -19,7 +19,7 @@ from typing import Any
 
 from cicd import command
 from cicd.errors import BadInput, CicdError
-from tasks.packaging import PublishedFile
+from tasks.publishing import PublishedFile
 
 GIT_TIMEOUT = 120.0
 

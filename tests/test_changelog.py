@@ -22,7 +22,7 @@ from tasks.changelog import (
     render_changelog,
     render_release_markdown,
 )
-from tasks.packaging import PublishedFile
+from tasks.publishing import PublishedFile
 
 SECOND_RELEASE = [
     "feat(api): add the search endpoint",

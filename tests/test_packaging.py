@@ -20,18 +20,17 @@ import pytest
 
 from cicd.errors import BadInput, ConfigError, InfrastructureError
 from cicd.sample import commit_all, git
-from tasks import changelog, packaging
+from tasks import changelog, publishing
 from tasks.packaging import (
     PackagingError,
-    PublishError,
     ReleaseRefused,
     build_distributions,
     check_distributions,
     check_tag_matches,
-    publish,
     read_project_version,
     sha256_file,
 )
+from tasks.publishing import PublishError, publish
 from tests.conftest import BIN, free_port
 from tests.pypiserver_fixture import PypiServer, pypiserver, running_pypiserver
 
@@ -127,7 +126,7 @@ def publish_to(
     dry_run: bool = False,
     password: str | None = None,
     log_path: Path | None = None,
-) -> packaging.PublishReport:
+) -> publishing.PublishReport:
     return publish(
         paths,
         repository_url=server.url,
@@ -348,7 +347,7 @@ def test_wrong_password_fails_without_leaking_it(
 def test_unreachable_repository_is_an_infrastructure_error(
     v1_dists: list[Path], pypiserver: PypiServer
 ) -> None:
-    with pytest.raises(packaging.IndexUnavailable) as caught:
+    with pytest.raises(publishing.IndexUnavailable) as caught:
         publish(v1_dists, repository_url=f"http://127.0.0.1:{free_port()}/",
                 index_url=pypiserver.url, username="u", password="p", dry_run=False)
     assert isinstance(caught.value, InfrastructureError)  # retried by the flow's tasks
@@ -435,7 +434,7 @@ def test_pep691_json_index(
     wheel, sdist = sorted(v1_dists, key=lambda p: not p.name.endswith(".whl"))
     handler.files = {wheel.name: sha256_file(wheel)}
 
-    def dry_run() -> packaging.PublishReport:
+    def dry_run() -> publishing.PublishReport:
         # Port 9 (discard) is never contacted: a dry run does not upload.
         return publish(v1_dists, repository_url="http://127.0.0.1:9/", index_url=url,
                        username=None, password=None, dry_run=True)
@@ -461,12 +460,12 @@ def test_pep691_json_index(
     ],
 )
 def test_simple_project_url(index_url: str, expected: str) -> None:
-    assert packaging.simple_project_url(index_url, "My_Pkg") == expected
+    assert publishing.simple_project_url(index_url, "My_Pkg") == expected
 
 
 def test_index_url_for_repository() -> None:
-    assert packaging.index_url_for("https://upload.pypi.org/legacy/") == "https://pypi.org/simple/"
+    assert publishing.index_url_for("https://upload.pypi.org/legacy/") == "https://pypi.org/simple/"
     assert (
-        packaging.index_url_for("https://test.pypi.org/legacy/") == "https://test.pypi.org/simple/"
+        publishing.index_url_for("https://test.pypi.org/legacy/") == "https://test.pypi.org/simple/"
     )
-    assert packaging.index_url_for("http://127.0.0.1:8080/") == "http://127.0.0.1:8080/"
+    assert publishing.index_url_for("http://127.0.0.1:8080/") == "http://127.0.0.1:8080/"

@@ -1,0 +1,375 @@
+"""Release publishing, as in the seed's ``publish`` job: an idempotent upload.
+
+Why the upload plans before it uploads: an index never lets a file name be
+replaced, so a release that is re-run (after a crash, a flaky network, a
+failure after publishing) must recognise what is already there. Each local
+file is compared by name and sha256 with the index's simple page: the same
+bytes are skipped, different bytes under the same name refuse the whole
+release before anything is sent, and only the rest is uploaded. Re-running a
+release is therefore safe on any index, not only on those that support
+``twine upload --skip-existing``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+
+import httpx
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+from cicd import command
+from cicd.errors import BadInput, CicdError, InfrastructureError
+from tasks.packaging import ReleaseRefused, _tidy, _twine_env, sha256_file
+
+DEFAULT_REPOSITORY_URL = "https://upload.pypi.org/legacy/"
+UPLOAD_TIMEOUT = 900.0
+HTTP_TIMEOUT = 60.0
+
+# PEP 691 content negotiation: JSON when the index speaks it, else PEP 503 HTML.
+_SIMPLE_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, "
+    "application/vnd.pypi.simple.v1+html;q=0.2, "
+    "text/html;q=0.01"
+)
+_HTTP_STATUS = re.compile(r"HTTPError: (\d{3})")
+# How requests (under twine) reports an index it could not talk to.
+_UNREACHABLE = ("ConnectionError", "Max retries exceeded", "Timeout", "timed out")
+# Hash names twine or an index may put in a URL fragment; only sha256 is trusted here.
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+Action = Literal["uploaded", "skipped", "would-upload"]
+
+
+class PublishError(CicdError):
+    """The index refused an upload or a query (credentials, a rejected file)."""
+
+
+class IndexUnavailable(InfrastructureError):
+    """The index could not be reached or answered 5xx: worth a retry (publishing is idempotent)."""
+
+
+# ---------------------------------------------------------------------------
+# The index's view of a project
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    filename: str
+    url: str
+    sha256: str | None
+
+
+def simple_project_url(index_url: str, project: str) -> str:
+    """``index_url/simple/<normalised name>/``; ``index_url/<name>/`` if it is a simple root."""
+    base = index_url if index_url.endswith("/") else index_url + "/"
+    if not base.rstrip("/").endswith("/simple"):
+        base += "simple/"
+    return f"{base}{canonicalize_name(project)}/"
+
+
+def index_url_for(repository_url: str) -> str:
+    """The simple index that shows what ``repository_url`` received.
+
+    PyPI and TestPyPI upload to ``/legacy/`` and serve ``/simple/``; pypiserver
+    and most private indexes serve both from the same root.
+    """
+    parts = urlsplit(repository_url)
+    if parts.path.rstrip("/").endswith("/legacy"):
+        host = parts.netloc.removeprefix("upload.")
+        return f"{parts.scheme}://{host}/simple/"
+    return repository_url
+
+
+class _LinkParser(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href") or ""
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.links.append((self._href, "".join(self._text).strip()))
+            self._href = None
+
+
+def parse_simple_html(text: str, page_url: str) -> list[IndexFile]:
+    """Files on a PEP 503 page; the sha256 comes from the ``#sha256=`` fragment if any."""
+    parser = _LinkParser()
+    parser.feed(text)
+    files: list[IndexFile] = []
+    for href, label in parser.links:
+        url, fragment = urldefrag(urljoin(page_url, href))
+        filename = label or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        algo, _, value = fragment.partition("=")
+        sha = value.lower() if algo == "sha256" and _SHA256_HEX.match(value.lower()) else None
+        files.append(IndexFile(filename=filename, url=url, sha256=sha))
+    return files
+
+
+def parse_simple_json(data: Mapping[str, Any], page_url: str) -> list[IndexFile]:
+    """Files in a PEP 691 JSON response."""
+    files: list[IndexFile] = []
+    for entry in data.get("files", []):
+        hashes = entry.get("hashes") or {}
+        sha = str(hashes["sha256"]).lower() if "sha256" in hashes else None
+        url, _ = urldefrag(urljoin(page_url, str(entry["url"])))
+        files.append(IndexFile(filename=str(entry["filename"]), url=url, sha256=sha))
+    return files
+
+
+def list_index_files(
+    client: httpx.Client, index_url: str, project: str
+) -> dict[str, IndexFile]:
+    """What the index already holds for ``project``, by file name (empty if unknown)."""
+    url = simple_project_url(index_url, project)
+    try:
+        response = client.get(url, headers={"Accept": _SIMPLE_ACCEPT})
+    except httpx.HTTPError as exc:
+        raise IndexUnavailable(f"cannot query the index at {url}: {exc}") from exc
+    if response.status_code == 404:
+        return {}
+    _raise_for_index_status(response, url)
+    page = str(response.url)
+    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if content_type == "application/vnd.pypi.simple.v1+json":
+        try:
+            files = parse_simple_json(response.json(), page)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PublishError(
+                f"the index at {url} sent an invalid PEP 691 response: {exc}"
+            ) from None
+    else:
+        files = parse_simple_html(response.text, page)
+    return {f.filename: f for f in files}
+
+
+def _raise_for_index_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status in (401, 403):
+        raise PublishError(
+            f"the index at {url} refused the query ({status}): check the credentials"
+        )
+    if status >= 500:
+        raise IndexUnavailable(f"the index at {url} answered {status}")
+    if status >= 400:
+        raise PublishError(f"the index at {url} answered {status}")
+
+
+def remote_sha256(client: httpx.Client, entry: IndexFile) -> str:
+    """The sha256 of a file on the index, downloading it when the index shows no hash."""
+    if entry.sha256 is not None:
+        return entry.sha256
+    digest = hashlib.sha256()
+    try:
+        with client.stream("GET", entry.url) as response:
+            _raise_for_index_status(response, entry.url)
+            for block in response.iter_bytes():
+                digest.update(block)
+    except httpx.HTTPError as exc:
+        raise IndexUnavailable(f"cannot download {entry.url} to hash it: {exc}") from exc
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Publish
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    name: str
+    sha256: str
+    size: int
+    action: Action
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    project: str
+    version: str
+    repository_url: str
+    index_url: str
+    dry_run: bool
+    files: tuple[PublishedFile, ...]
+
+    def names(self, action: Action) -> list[str]:
+        return [f.name for f in self.files if f.action == action]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files"] = [f.to_dict() for f in self.files]
+        return data
+
+
+def distribution_identity(paths: Iterable[Path]) -> tuple[str, str]:
+    """The one ``(project, version)`` that every distribution file names."""
+    seen: set[tuple[str, str]] = set()
+    for path in paths:
+        try:
+            if path.name.endswith(".whl"):
+                name, version, _, _ = parse_wheel_filename(path.name)
+            else:
+                name, version = parse_sdist_filename(path.name)
+        except (InvalidWheelFilename, InvalidSdistFilename) as exc:
+            raise BadInput(f"{path}: not a wheel or sdist file name ({exc})") from None
+        seen.add((str(name), str(version)))
+    if len(seen) != 1:
+        found = ", ".join(f"{n} {v}" for n, v in sorted(seen)) or "none"
+        raise BadInput(f"a release publishes one project version; the files name: {found}")
+    return seen.pop()
+
+
+def _same_origin(a: str, b: str) -> bool:
+    left, right = urlsplit(a), urlsplit(b)
+    return (left.scheme, left.netloc) == (right.scheme, right.netloc)
+
+
+def plan_publish(
+    paths: Sequence[Path],
+    existing: Mapping[str, IndexFile],
+    client: httpx.Client,
+    *,
+    label: str,
+    index_url: str,
+) -> list[PublishedFile]:
+    """Skip identical files, refuse conflicting ones (all of them named), upload the rest."""
+    planned: list[PublishedFile] = []
+    conflicts: list[str] = []
+    for path in paths:
+        local = sha256_file(path)
+        size = path.stat().st_size
+        remote = existing.get(path.name)
+        if remote is None:
+            planned.append(PublishedFile(path.name, local, size, "would-upload"))
+            continue
+        remote_hash = remote_sha256(client, remote)
+        if remote_hash == local:
+            planned.append(PublishedFile(path.name, local, size, "skipped"))
+        else:
+            conflicts.append(
+                f"{path.name} is already on {index_url} with sha256 {remote_hash}, "
+                f"but the file built now has sha256 {local}"
+            )
+    if conflicts:
+        raise ReleaseRefused(
+            f"refusing to publish {label}: an index never replaces a file, so the version "
+            "must be bumped. Nothing was uploaded.\n" + "\n".join(conflicts)
+        )
+    return planned
+
+
+def publish(
+    paths: Sequence[Path],
+    *,
+    repository_url: str,
+    index_url: str,
+    username: str | None,
+    password: str | None,
+    dry_run: bool,
+    python: Path | str = sys.executable,
+    timeout: float = UPLOAD_TIMEOUT,
+    log_path: Path | None = None,
+) -> PublishReport:
+    """Upload the distributions that the index does not hold yet.
+
+    Credentials reach twine through ``TWINE_USERNAME``/``TWINE_PASSWORD``,
+    never its command line (visible in ``ps``) nor the log. They are also sent
+    to the index query, but only when it is on the repository's own origin: a
+    PyPI token has no business at a third-party mirror.
+    """
+    if not paths:
+        raise BadInput("no distributions to publish")
+    for path in paths:
+        if not path.is_file():
+            raise BadInput(f"distribution {path} does not exist")
+    project, version = distribution_identity(paths)
+    auth = (
+        httpx.BasicAuth(username, password)
+        if username and password and _same_origin(index_url, repository_url)
+        else None
+    )
+    with httpx.Client(auth=auth, timeout=HTTP_TIMEOUT, follow_redirects=True) as client:
+        existing = list_index_files(client, index_url, project)
+        planned = plan_publish(
+            paths, existing, client, label=f"{project} {version}", index_url=index_url
+        )
+
+    to_upload = [p for p, f in zip(paths, planned, strict=True) if f.action == "would-upload"]
+    if to_upload and not dry_run:
+        _twine_upload(to_upload, repository_url, username, password, python, timeout, log_path)
+        planned = [
+            PublishedFile(f.name, f.sha256, f.size, "uploaded") if f.action == "would-upload" else f
+            for f in planned
+        ]
+    return PublishReport(
+        project=project,
+        version=version,
+        repository_url=repository_url,
+        index_url=index_url,
+        dry_run=dry_run,
+        files=tuple(planned),
+    )
+
+
+def _twine_upload(
+    paths: Sequence[Path],
+    repository_url: str,
+    username: str | None,
+    password: str | None,
+    python: Path | str,
+    timeout: float,
+    log_path: Path | None,
+) -> None:
+    env = _twine_env()
+    env["TWINE_USERNAME"] = username or ""
+    env["TWINE_PASSWORD"] = password or ""
+    # A configured default repository would fight --repository-url.
+    env.pop("TWINE_REPOSITORY", None)
+    env.pop("TWINE_REPOSITORY_URL", None)
+    argv = [
+        # --no-color: rich's colour codes would end up in logs and error messages.
+        str(python), "-m", "twine", "--no-color", "upload", "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url", repository_url, *map(str, paths),
+    ]
+    result = command.run(argv, env=env, timeout=timeout, log_path=log_path)
+    if result.ok:
+        return
+    output = _tidy(result.tail(20))
+    if password:
+        output = output.replace(password, "***")
+    names = ", ".join(p.name for p in paths)
+    message = f"twine upload of {names} to {repository_url} failed:\n{output}"
+    status = _HTTP_STATUS.search(result.output)
+    unreachable = any(sign in result.output for sign in _UNREACHABLE)
+    # The index unreachable or unwell (5xx) is worth a retry, which the plan
+    # makes safe; a 4xx (credentials, a rejected file) or anything else is not.
+    if result.timed_out or unreachable or (status is not None and status.group(1)[0] == "5"):
+        raise IndexUnavailable(message)
+    raise PublishError(message)
