@@ -41,9 +41,12 @@ OUTPUT_TAIL_CHARS = 20_000
 # A UTF-8 character is at most 4 bytes: this many bytes hold the tail.
 _TAIL_BYTES = 4 * OUTPUT_TAIL_CHARS
 # Polling of a dying group starts fast (most processes exit within a few ms
-# of SIGTERM) and backs off so a slow shutdown costs little CPU.
-_FIRST_POLL_SECONDS = 0.002
-_MAX_POLL_SECONDS = 0.05
+# of SIGTERM) and backs off; a check that scans /proc waits at least
+# _POLL_COST_FACTOR times its own cost, so polling takes at most about a
+# quarter of a core however many processes there are.
+_FIRST_POLL_SECONDS = 0.001
+_MAX_POLL_SECONDS = 0.01
+_POLL_COST_FACTOR = 3
 _PROC = Path("/proc")
 
 _live_groups: set[int] = set()
@@ -100,6 +103,16 @@ def _stat_fields(stat: str) -> tuple[str, int, int]:
     return rest[0], int(rest[1]), int(rest[2])
 
 
+def _read_small(path: str) -> str:
+    # One read(2), no buffered file object: a scan reads every process's stat
+    # and /proc reads are slow on a VM (tens of microseconds each).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
 def _live_members(pgid: int) -> list[int]:
     """PIDs of the group's members that are not zombies.
 
@@ -111,21 +124,22 @@ def _live_members(pgid: int) -> list[int]:
     """
     members: list[int] = []
     me = os.getpid()
-    for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
+    for name in os.listdir(_PROC):
+        if not name.isdigit():
             continue
         try:
-            state, ppid, pgrp = _stat_fields((entry / "stat").read_text())
+            state, ppid, pgrp = _stat_fields(_read_small(f"{_PROC}/{name}/stat"))
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked
         if pgrp != pgid:
             continue
+        pid = int(name)
         if state != "Z":
-            members.append(int(entry.name))
-        elif ppid == me and int(entry.name) != pgid:
+            members.append(pid)
+        elif ppid == me and pid != pgid:
             # Not the leader (its Popen object reaps it and keeps its exit code).
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry.name), os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
     return members
 
 
@@ -143,12 +157,14 @@ def _wait_gone(pgid: int, seconds: float, leader: subprocess.Popen[bytes] | None
     deadline = time.monotonic() + seconds
     pause = _FIRST_POLL_SECONDS
     while True:
+        checked = time.monotonic()
         if _group_gone(pgid, leader):
             return True
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0:
             return False
-        time.sleep(min(pause, left))
+        time.sleep(min(max(pause, _POLL_COST_FACTOR * (now - checked)), left))
         pause = min(pause * 2, _MAX_POLL_SECONDS)
 
 
@@ -298,8 +314,9 @@ def run(
                 timed_out = True
                 group_gone = terminate_group(proc.pid, TERMINATE_GRACE_SECONDS, leader=proc)
                 proc.wait()
-            # The leader is gone; children it left in the group are not wanted.
-            group_gone = terminate_group(proc.pid, grace=1.0, leader=proc) and group_gone
+            else:
+                # The leader is gone; children it left in the group are not wanted.
+                group_gone = terminate_group(proc.pid, grace=1.0, leader=proc)
         except BaseException:
             # KeyboardInterrupt, Prefect's termination signal: never leave the group behind.
             terminate_group(proc.pid, grace=2.0, leader=proc)
