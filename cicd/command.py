@@ -4,19 +4,23 @@ process group, and a register of live groups so a cancelled flow can reap them.
 Why process groups: a test job runs ``pytest``, which may start servers and
 workers of its own. Killing only the direct child leaves those running, and
 Prefect's ``timeout_seconds`` does not interrupt tasks running in a thread
-pool at all (see shared notes, pitfall 8). Each command therefore runs in a
-new session; on timeout we SIGTERM the group, then SIGKILL it.
+pool at all ("Task timeout behavior" in
+https://docs.prefect.io/v3/how-to-guides/workflows/write-and-run). Each command
+therefore runs in a new session; on timeout :func:`terminate_group` SIGTERMs
+the group, then SIGKILLs it.
 
-Because a new session also escapes the worker's ``killpg`` on cancellation
-(pitfall 9), every live group is recorded here and :func:`kill_all` is called
-from the flows' ``finally`` blocks and at interpreter exit.
+Because a new session also escapes the worker's ``killpg`` on cancellation,
+every live group is recorded here and :func:`kill_all` is called from the
+flows' ``finally`` blocks and at interpreter exit.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -25,11 +29,25 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # How long a group gets between SIGTERM and SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
+# How long we wait for SIGKILLed processes to be gone (they can sit in
+# uninterruptible sleep, e.g. on a hung NFS mount) before giving up.
+KILL_WAIT_SECONDS = 1.0
 # Output kept in memory per command; the full output goes to the log file.
 OUTPUT_TAIL_CHARS = 20_000
+# A UTF-8 character is at most 4 bytes: this many bytes hold the tail.
+_TAIL_BYTES = 4 * OUTPUT_TAIL_CHARS
+# Polling of a dying group starts fast (most processes exit within a few ms
+# of SIGTERM) and backs off; a check that scans /proc waits at least
+# _POLL_COST_FACTOR times its own cost, so polling takes at most about a
+# quarter of a core however many processes there are.
+_FIRST_POLL_SECONDS = 0.001
+_MAX_POLL_SECONDS = 0.01
+_POLL_COST_FACTOR = 3
+_PROC = Path("/proc")
 
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
@@ -62,21 +80,122 @@ class CommandResult:
         return "\n".join(self.output.rstrip().splitlines()[-lines:])
 
 
-def terminate_group(pgid: int, grace: float = TERMINATE_GRACE_SECONDS) -> None:
-    """SIGTERM a process group, then SIGKILL whatever is left after ``grace``."""
+# --- killing a process group -------------------------------------------------
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the group; False when no process of it exists."""
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+        return False
+    return True
+
+
+def _stat_fields(stat: str) -> tuple[str, int, int]:
+    """(state, ppid, pgrp) from a /proc/<pid>/stat line.
+
+    The command name is in parentheses and may itself hold spaces and ``)``,
+    so fields are counted from the last ``)`` (proc(5):
+    https://man7.org/linux/man-pages/man5/proc_pid_stat.5.html).
+    """
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return rest[0], int(rest[1]), int(rest[2])
+
+
+def _read_small(path: str) -> str:
+    # One read(2), no buffered file object: a scan reads every process's stat
+    # and /proc reads are slow on a VM (tens of microseconds each).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _live_members(pgid: int) -> list[int]:
+    """PIDs of the group's members that are not zombies.
+
+    ``killpg(pgid, 0)`` succeeds as long as any member exists, zombies
+    included: a leader that exited but was not reaped by its parent (us, or a
+    helper that never waits) would keep a dead group "alive" until SIGKILL.
+    Zombies that were reparented to us (when we are a subreaper or PID 1) are
+    reaped here, since nobody else will.
+    """
+    members: list[int] = []
+    me = os.getpid()
+    for name in os.listdir(_PROC):
+        if not name.isdigit():
+            continue
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+            state, ppid, pgrp = _stat_fields(_read_small(f"{_PROC}/{name}/stat"))
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked
+        if pgrp != pgid:
+            continue
+        pid = int(name)
+        if state != "Z":
+            members.append(pid)
+        elif ppid == me and pid != pgid:
+            # Not the leader (its Popen object reaps it and keeps its exit code).
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+    return members
+
+
+def _group_gone(pgid: int, leader: subprocess.Popen[bytes] | None) -> bool:
+    if leader is not None and leader.poll() is None:
+        return False  # the leader itself still runs: no need to look further
+    if not _signal_group(pgid, 0):
+        return True
+    if not _PROC.is_dir():
+        return False  # no /proc (not Linux): the signal check is all there is
+    return not _live_members(pgid)
+
+
+def _wait_gone(pgid: int, seconds: float, leader: subprocess.Popen[bytes] | None) -> bool:
+    deadline = time.monotonic() + seconds
+    pause = _FIRST_POLL_SECONDS
+    while True:
+        checked = time.monotonic()
+        if _group_gone(pgid, leader):
+            return True
+        now = time.monotonic()
+        left = deadline - now
+        if left <= 0:
+            return False
+        time.sleep(min(max(pause, _POLL_COST_FACTOR * (now - checked)), left))
+        pause = min(pause * 2, _MAX_POLL_SECONDS)
+
+
+def terminate_group(
+    pgid: int,
+    grace: float = TERMINATE_GRACE_SECONDS,
+    *,
+    leader: subprocess.Popen[bytes] | None = None,
+) -> bool:
+    """SIGTERM a process group, SIGKILL whatever is left after ``grace``.
+
+    Returns as soon as no live process of the group is left (zombies do not
+    count), and True then; False only when SIGKILLed processes did not go
+    away within :data:`KILL_WAIT_SECONDS`. ``leader`` is the group leader's
+    ``Popen`` when it is our child: it is reaped here, so its exit code is kept
+    and it does not linger as a zombie.
+    """
+    try:
+        if not _signal_group(pgid, signal.SIGTERM):
+            return _group_gone(pgid, leader)
+        # A stopped process only acts on SIGTERM once continued; SIGKILL would
+        # get it anyway, but only after the whole grace. systemd does the same
+        # (https://www.freedesktop.org/software/systemd/man/latest/systemd.kill.html).
+        _signal_group(pgid, signal.SIGCONT)
+        if _wait_gone(pgid, grace, leader):
+            return True
+        _signal_group(pgid, signal.SIGKILL)
+        return _wait_gone(pgid, KILL_WAIT_SECONDS, leader)
+    except PermissionError:
+        # A member we may not signal (it changed its uid): not ours to kill.
+        return False
 
 
 def register_group(pgid: int) -> None:
@@ -115,6 +234,44 @@ def closed() -> bool:
 atexit.register(kill_all, close=True)
 
 
+# --- running a command --------------------------------------------------------
+
+
+def _read_tail(sink: IO[bytes]) -> str:
+    """The last :data:`OUTPUT_TAIL_CHARS` characters of ``sink``, reading
+    at most :data:`_TAIL_BYTES` bytes of it (output can be gigabytes)."""
+    size = sink.seek(0, os.SEEK_END)
+    start = max(0, size - _TAIL_BYTES)
+    sink.seek(start)
+    data = sink.read()
+    if start > 0:
+        # We may have cut a character in two: drop its continuation bytes.
+        cut = 0
+        while cut < min(3, len(data)) and data[cut] & 0xC0 == 0x80:
+            cut += 1
+        data = data[cut:]
+    return data.decode("utf-8", errors="replace")[-OUTPUT_TAIL_CHARS:]
+
+
+def _append_log(
+    log_path: Path,
+    argv: tuple[str, ...],
+    sink: IO[bytes],
+    footer: str,
+) -> None:
+    """Copy the whole output to the log, streaming (never all in memory)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sink.seek(0)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        text = io.TextIOWrapper(sink, encoding="utf-8", errors="replace", newline="")
+        try:
+            shutil.copyfileobj(text, log)
+        finally:
+            text.detach()  # the sink is closed by its owner
+        log.write(footer)
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -124,7 +281,7 @@ def run(
     log_path: Path | None = None,
     stdin_data: str | None = None,
 ) -> CommandResult:
-    """Run ``argv`` to completion and return its combined output.
+    """Run ``argv`` to completion and return the tail of its combined output.
 
     Never raises for a non-zero exit: callers decide what a failure means.
     Raises ``FileNotFoundError`` when the program does not exist.
@@ -150,41 +307,44 @@ def run(
         )
         register_group(proc.pid)
         timed_out = False
+        group_gone = True
         try:
-            if stdin_data is not None and proc.stdin is not None:
-                try:
-                    proc.stdin.write(stdin_data.encode())
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
             try:
-                proc.wait(timeout=timeout)
+                # communicate() feeds stdin under the same timeout: a plain
+                # write would block forever on a child that never reads it.
+                proc.communicate(
+                    stdin_data.encode() if stdin_data is not None else None, timeout=timeout
+                )
             except subprocess.TimeoutExpired:
                 timed_out = True
-                terminate_group(proc.pid)
+                group_gone = terminate_group(proc.pid, TERMINATE_GRACE_SECONDS, leader=proc)
                 proc.wait()
+            else:
+                # The leader is gone; children it left in the group are not wanted.
+                group_gone = terminate_group(proc.pid, grace=1.0, leader=proc)
         except BaseException:
             # KeyboardInterrupt, Prefect's termination signal: never leave the group behind.
-            terminate_group(proc.pid, grace=2.0)
+            terminate_group(proc.pid, grace=2.0, leader=proc)
             raise
         finally:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
             unregister_group(proc.pid)
-        # The leader is gone; children it left in the group are not wanted.
-        terminate_group(proc.pid, grace=1.0)
         duration = time.monotonic() - start
-        sink.seek(0)
-        out = sink.read().decode("utf-8", errors="replace")
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a", encoding="utf-8") as log:
-            log.write(f"$ {' '.join(argv)}\n{out}")
+        out = _read_tail(sink)
+        if log_path is not None:
+            footer = ""
             if timed_out:
-                log.write(f"\n[cicd] timed out after {timeout:.0f}s; process group killed\n")
-            log.write(f"[cicd] exit {proc.returncode} in {duration:.2f}s\n")
+                footer += f"\n[cicd] timed out after {timeout:g}s; process group killed\n"
+            if not group_gone:
+                footer += "[cicd] some processes of its group did not exit after SIGKILL\n"
+            footer += f"[cicd] exit {proc.returncode} in {duration:.2f}s\n"
+            _append_log(log_path, argv, sink, footer)
     return CommandResult(
         argv=argv,
         returncode=proc.returncode,
-        output=out[-OUTPUT_TAIL_CHARS:],
+        output=out,
         duration=duration,
         timed_out=timed_out,
     )
