@@ -30,12 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from cicd.config import ServiceConfig  # noqa: E402
 from tasks.services import provision  # noqa: E402
-from tasks.services.neo4j_process import (  # noqa: E402
-    ADMIN_TOOL,
-    Neo4jProcessBackend,
-    ProcessSettings,
-    java_binary,
-)
+from tasks.services.neo4j_launch import ADMIN_TOOL, ProcessSettings, java_binary  # noqa: E402
+from tasks.services.neo4j_process import Neo4jProcessBackend  # noqa: E402
 
 VARIANTS = {
     # As shipped: class-data sharing on (the archive exists after the first run).

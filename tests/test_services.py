@@ -33,7 +33,7 @@ from tasks.services import (
     select_backend,
 )
 from tasks.services import provision as prov
-from tasks.services.base import free_ports
+from tasks.services.host import free_ports, process_start_time
 from tasks.services.neo4j_docker import (
     Neo4jDockerBackend,
     container_spec,
@@ -42,20 +42,16 @@ from tasks.services.neo4j_docker import (
     owner_label,
     published_port,
 )
-from tasks.services.neo4j_process import (
+from tasks.services.neo4j_launch import (
     HOME_MARKER,
     MARKER_PROPERTY,
-    Neo4jProcessBackend,
-    PidRecord,
     ProcessSettings,
     cds_archive,
     cds_flags,
-    pid_dir,
-    process_start_time,
     publish_cds,
-    read_record,
-    write_record,
 )
+from tasks.services.neo4j_process import Neo4jProcessBackend
+from tasks.services.neo4j_reaping import PidRecord, pid_dir, read_record, write_record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,6 +94,47 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+ORPHAN_SCRIPT = """\
+import pathlib, signal, sys, time
+note = pathlib.Path(sys.argv[1])
+def on_term(*_):
+    note.write_text("SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+note.write_text("ready")
+time.sleep(120)
+"""
+LAUNCHER = (
+    "import subprocess, sys; "
+    "print(subprocess.Popen(sys.argv[1:], start_new_session=True, stdin=subprocess.DEVNULL, "
+    "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"
+)
+
+
+def spawn_orphan(note: Path, *extra_args: str) -> int:
+    """A process in its own group whose parent has exited, like a server whose
+    flow crashed; it writes ``SIGTERM`` to ``note`` when it gets one."""
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, sys.executable, "-c", ORPHAN_SCRIPT, str(note),
+         *extra_args],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    pid = int(done.stdout)
+    deadline = time.monotonic() + 20
+    while not (note.is_file() and note.read_text() == "ready"):
+        assert time.monotonic() < deadline, "the orphan never installed its SIGTERM handler"
+        time.sleep(0.05)
+    return pid
+
+
+def kill_orphan(pid: int, start_time: int | None, marker: str) -> None:
+    """SIGKILL an orphan a test left running, only if the PID is still that process."""
+    if process_start_time(pid) == start_time and marker in Path(
+        f"/proc/{pid}/cmdline"
+    ).read_bytes().decode(errors="replace"):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def dead_process_identity() -> tuple[int, int | None]:
@@ -243,8 +280,11 @@ def test_container_owner_labels_identify_dead_owners() -> None:
 def test_reap_kills_a_marked_server_of_a_dead_owner_only(service_state: Path) -> None:
     owner_pid, owner_start = dead_process_identity()
     token = "neo4j-deadbeef"
-    # Carries the marker like a real server's java command line does.
-    fake_server = spawn_sleeper(f"{MARKER_PROPERTY}{token}")
+    # Carries the marker like a real server's java command line does, and,
+    # like a server whose flow crashed, is nobody's child here.
+    note = service_state / "orphan-note"
+    fake_server = spawn_orphan(note, f"{MARKER_PROPERTY}{token}")
+    fake_start = process_start_time(fake_server)
     live_token = "neo4j-live0000"
     live_server = spawn_sleeper(f"{MARKER_PROPERTY}{live_token}")
     home = service_state / "run" / token
@@ -252,8 +292,7 @@ def test_reap_kills_a_marked_server_of_a_dead_owner_only(service_state: Path) ->
     (home / HOME_MARKER).write_text(token)
     try:
         write_record(PidRecord(
-            token=token, name="neo4j", pid=fake_server.pid,
-            start_time=process_start_time(fake_server.pid), home=str(home),
+            token=token, name="neo4j", pid=fake_server, start_time=fake_start, home=str(home),
             owner_pid=owner_pid, owner_start_time=owner_start,
         ))
         # Owned by this (live) process: in use, must survive.
@@ -265,13 +304,14 @@ def test_reap_kills_a_marked_server_of_a_dead_owner_only(service_state: Path) ->
 
         killed = reap_orphans()
 
-        assert killed == [fake_server.pid]
-        assert fake_server.wait(timeout=10) == -signal.SIGTERM
+        assert killed == [str(fake_server)]
+        assert note.read_text() == "SIGTERM"  # asked to stop cleanly first
+        assert process_start_time(fake_server) is None
         assert live_server.poll() is None
         assert not home.exists()
         assert [r.token for r in server_records()] == [live_token]
     finally:
-        kill_group(fake_server)
+        kill_orphan(fake_server, fake_start, MARKER_PROPERTY)
         kill_group(live_server)
 
 
@@ -531,7 +571,11 @@ def test_two_real_servers_serve_cypher_and_stop(service_state: Path) -> None:
 
         with urllib.request.urlopen(env["GRAPH_HTTP"], timeout=10) as response:
             assert response.status == 200
+        stopping = time.monotonic()
 
+    # Neo4j exits ~2-3 s after SIGTERM; stop() must notice the exit rather
+    # than wait out its 30 s grace on the unreaped (zombie) JVM.
+    assert time.monotonic() - stopping < 2 * 12
     for record in records.values():
         assert process_start_time(record.pid) is None
         assert not group_exists(record.pid)
@@ -587,7 +631,7 @@ def test_an_orphaned_server_of_a_crashed_flow_is_reaped(service_state: Path) -> 
             {"one": 1}
         ]
 
-        assert reap_orphans() == [pid]
+        assert reap_orphans() == [str(pid)]
 
         deadline = time.monotonic() + 10
         while process_start_time(pid) is not None and time.monotonic() < deadline:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
-from tasks.llm.gateway import ServerThread
+from tasks.llm.http_server import ServerThread
 from tasks.llm.recordings import last_user_message, message_text
 
 PROMPT_EXTRA = 7

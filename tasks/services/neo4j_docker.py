@@ -3,8 +3,9 @@
 
 Chosen by ``backend: auto`` whenever a Docker engine answers. It talks to the
 engine with docker-py through ``prefect_docker.DockerHost().get_client()``:
-prefect-docker's own container tasks are async and would silently return
-coroutines from our sync flows (shared notes, prefect.md pitfall 14).
+prefect-docker's own container tasks are ``async def``
+(https://github.com/PrefectHQ/prefect/blob/main/src/integrations/prefect-docker/prefect_docker/containers.py)
+and would silently return coroutines from our sync flows.
 
 Ports are published on 127.0.0.1 with engine-chosen host ports (no clashes
 between concurrent runs). Containers carry ``cicd-flows.service=neo4j`` plus
@@ -20,14 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cicd.errors import InfrastructureError
-from tasks.services.base import (
-    LOG_TAIL_LINES,
-    ServiceEndpoint,
-    check_user,
-    logger,
-    wait_until_healthy,
-)
-from tasks.services.neo4j_process import is_alive, process_start_time
+from tasks.services.base import LOG_TAIL_LINES, ServiceEndpoint, logger
+from tasks.services.host import is_alive, process_start_time
+from tasks.services.neo4j_health import check_user, wait_until_healthy
 
 if TYPE_CHECKING:
     from cicd.config import ServiceConfig
@@ -164,6 +160,13 @@ class Neo4jDockerBackend:
 
     def available(self) -> bool:
         return engine_answers()
+
+    def unavailable_reason(self) -> str:
+        # Not pinging again: callers ask only after available() said False.
+        return f"no Docker engine answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')})"
+
+    def reap_orphans(self) -> list[str]:
+        return reap_containers()
 
     def start(self, name: str, config: ServiceConfig, run_dir: Path) -> Neo4jContainer:
         from docker.errors import DockerException, ImageNotFound

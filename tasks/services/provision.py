@@ -3,7 +3,7 @@
 The jars are GPLv3 and ~120 MB, so they are downloaded at set-up time into
 ``cicd.paths.neo4j_distribution(version)/lib`` and never committed; the repo
 only holds ``.ci/neo4j/pom.xml``. Maven resolves the runtime closure of
-``org.neo4j:neo4j`` (see /work/shared/notes/neo4j.md, section 1.3).
+``org.neo4j:neo4j`` (https://central.sonatype.com/artifact/org.neo4j/neo4j).
 
 Stdlib-only on purpose: ``scripts/provision-neo4j`` runs this file by path on
 a fresh machine, before anything but Python and Maven can be assumed.
