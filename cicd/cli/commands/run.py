@@ -67,6 +67,7 @@ def _print_human(report: dict[str, Any]) -> None:
 def run(args: argparse.Namespace, outcome: Outcome) -> int:
     """Run the pipeline; a failed pipeline is a report and exit 1, any other
     error goes to the error handler."""
+    from cicd.cli.embedded_prefect import start_temporary_server
     from cicd.results import PipelineFailed
 
     entry = PIPELINES[args.pipeline]
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
         repo = str(default_sample_repo())
     flow = entry.load()
     started = time.monotonic()
+    # Without PREFECT_API_URL: the temporary server, started one run at a time.
+    start_temporary_server()
     try:
         report = flow(**entry.parameters(vars(args), repo))
         code = EXIT_PASSED
