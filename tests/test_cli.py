@@ -22,7 +22,7 @@ import pytest
 
 from cicd.cli.error_handler import EXIT_INTERNAL, EXIT_INTERRUPTED, error_handler
 from cicd.errors import BadInput, CicdError
-from tests.conftest import BIN, REPO_ROOT, stop_process_group
+from tests.conftest import BIN, REPO_ROOT, free_port, stop_process_group
 from tests.sample_repos import FAILING_TEST, commit_on_branch
 
 SETTINGS = (
@@ -209,6 +209,15 @@ def test_an_unexpected_exception_exits_3_with_one_line_and_a_traceback_log(
         "error": "KeyError: 'missing'",
         "jobs": [],
     }
+
+
+def test_a_prefect_api_that_does_not_answer_fails_the_run_in_one_line() -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/api"
+    result = cicd("run", "cost-report", "--json", env=cli_env(PREFECT_API_URL=nowhere))
+
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("cicd: error: no Prefect API answers")
+    assert json.loads(result.stdout)["state"] == "failed"
 
 
 @pytest.mark.parametrize(

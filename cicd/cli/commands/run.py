@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import Any
 
@@ -67,7 +68,7 @@ def _print_human(report: dict[str, Any]) -> None:
 def run(args: argparse.Namespace, outcome: Outcome) -> int:
     """Run the pipeline; a failed pipeline is a report and exit 1, any other
     error goes to the error handler."""
-    from cicd.cli.embedded_prefect import start_temporary_server
+    from cicd.cli.prefect_api import require_api, start_temporary_server
     from cicd.results import PipelineFailed
 
     entry = PIPELINES[args.pipeline]
@@ -78,8 +79,12 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
         repo = str(default_sample_repo())
     flow = entry.load()
     started = time.monotonic()
-    # Without PREFECT_API_URL: the temporary server, started one run at a time.
-    start_temporary_server()
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        require_api(api_url)
+    else:
+        # The temporary server, started one run at a time.
+        start_temporary_server()
     try:
         report = flow(**entry.parameters(vars(args), repo))
         code = EXIT_PASSED

@@ -1,4 +1,10 @@
-"""Prefect's temporary server, started one process at a time per database.
+"""The Prefect API a run talks to: the one ``PREFECT_API_URL`` names, checked
+before the run, or Prefect's temporary server, started one process at a time
+per database.
+
+A ``PREFECT_API_URL`` where nothing answers would otherwise surface, after
+Prefect's client retries, as ``RuntimeError: Failed to reach API``: a
+pipeline that could not run, said in one ``cicd: error:`` line (exit 1).
 
 Without ``PREFECT_API_URL`` every ``cicd run`` starts its own temporary
 Prefect server, and every one of them opens the same SQLite database
@@ -29,7 +35,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cicd.errors import InfrastructureError
 from cicd.locking import file_lock
+from deployments.stack_processes import api_healthy
 
 SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
 
@@ -41,6 +49,15 @@ def sqlite_path(connection_url: str) -> Path | None:
             rest = connection_url[len(prefix) :].split("?", 1)[0]
             return Path(rest) if rest and rest != ":memory:" else None
     return None
+
+
+def require_api(url: str, timeout: float = 10.0) -> None:
+    """Raise ``InfrastructureError`` unless the Prefect API at ``url`` answers ``/health``."""
+    if not api_healthy(url.rstrip("/"), timeout=timeout):
+        raise InfrastructureError(
+            f"no Prefect API answers at {url} (PREFECT_API_URL): start the server, "
+            "point PREFECT_API_URL elsewhere, or unset it to use a temporary server"
+        )
 
 
 def start_temporary_server() -> str | None:
