@@ -1,46 +1,86 @@
-"""The ``cicd`` command line."""
+"""The ``cicd`` command line.
+
+Nothing imported at module level here (or by the command modules' top level)
+imports Prefect: Prefect reads its settings once, at its first import, so
+``main()`` puts our defaults in the environment first and the commands import
+flows, tasks and Prefect inside their handlers (``tests/test_cli.py`` checks
+that ``cicd --help`` leaves ``prefect`` out of ``sys.modules``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from cicd import __version__, command
-from cicd.cli.commands import baseline as baseline_command
-from cicd.cli.commands import down as down_command
-from cicd.cli.commands import run as run_command
-from cicd.cli.commands import up as up_command
-from cicd.cli.commands import webhook as webhook_command
+from cicd.cli import prefect_settings
+from cicd.cli.commands import baseline, down, run, up, webhook
+from cicd.cli.error_handler import Outcome, error_handler
+from cicd.errors import BadInput
 
 
-def configure_prefect_defaults() -> None:
-    """Defaults that make Prefect behave on an offline CI worker; the user's
-    own settings win. Must run before Prefect is imported."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The temporary server takes 6-11 s to start here, more under load; the
-    # default 20 s budget fails on a busy 2-core worker.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+class UsageError(BadInput):
+    """A command line argparse refused."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors go through the error handler (exit 2,
+    and one JSON object with ``--json``) instead of exiting on its own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        # "run release: argument --ref: ..." for a subcommand, the bare message at the top.
+        where = self.prog.removeprefix("cicd").strip()
+        raise UsageError(f"{where}: {message}" if where else message)
+
+
+def _run_command(args: argparse.Namespace, outcome: Outcome) -> int:
+    return run.run(args, outcome)
+
+
+def _simple(handler: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    def call(args: argparse.Namespace, outcome: Outcome) -> int:
+        del outcome
+        return handler(args)
+
+    return call
+
+
+# name -> (help, add_arguments, handler); the handler gets the parsed arguments
+# and the error handler's outcome (for ``--json``).
+COMMANDS: dict[
+    str,
+    tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]],
+] = {
+    "run": ("run a pipeline now, locally", run.add_arguments, _run_command),
+    "baseline": (
+        "measure the target's benchmarks and write a new baseline",
+        baseline.add_arguments,
+        _simple(baseline.run),
+    ),
+    "up": (
+        "start a local Prefect server, deployments and a worker",
+        up.add_arguments,
+        _simple(up.run),
+    ),
+    "down": ("stop what `cicd up` started", down.add_arguments, _simple(down.run)),
+    "webhook": (
+        "receive git host webhooks and start deployments",
+        webhook.add_arguments,
+        _simple(webhook.run),
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cicd", description="CI/CD pipelines as Prefect flows")
+    parser = Parser(prog="cicd", description="CI/CD pipelines as Prefect flows")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_command.add_arguments(sub.add_parser("run", help="run a pipeline now, locally"))
-    baseline_command.add_arguments(
-        sub.add_parser("baseline", help="measure the target's benchmarks and write a new baseline")
-    )
-    up_command.add_arguments(
-        sub.add_parser("up", help="start a local Prefect server, deployments and a worker")
-    )
-    down_command.add_arguments(sub.add_parser("down", help="stop what `cicd up` started"))
-    webhook_command.add_arguments(
-        sub.add_parser("webhook", help="receive git host webhooks and start deployments")
-    )
+    for name, (help_text, add_arguments, _handler) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
     return parser
 
 
@@ -52,33 +92,30 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    # Known before parsing, so a command line argparse refuses still gets its object.
+    return "--json" in argv
+
+
+def _flow_name(argv: Sequence[str]) -> str | None:
+    from flows.registry import PIPELINES
+
+    words = [word for word in argv if not word.startswith("-")]
+    if len(words) >= 2 and words[0] == "run" and words[1] in PIPELINES:
+        return words[1]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_prefect_defaults()
+    # First of all, before anything imports Prefect.
+    prefect_settings.apply_defaults()
+    arguments = list(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    try:
-        return dispatch(parser, args)
-    except KeyboardInterrupt:
-        command.kill_all(close=True)
-        print("cicd: interrupted", file=sys.stderr)
-        return 130
-
-
-def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.command == "run":
-        return run_command.run(args)
-    if args.command == "baseline":
-        return baseline_command.run(args)
-    if args.command == "up":
-        return up_command.run(args)
-    if args.command == "down":
-        return down_command.run(args)
-    if args.command == "webhook":
-        return webhook_command.run(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    with error_handler(_wants_json(arguments), _flow_name(arguments)) as outcome:
+        args = build_parser().parse_args(arguments)
+        outcome.code = COMMANDS[args.command][2](args, outcome)
+    return outcome.code
 
 
 if __name__ == "__main__":

@@ -9,12 +9,9 @@ tree when ``--repo`` is a path, or to ``--output``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from cicd.config import load_config
-from cicd.errors import BadInput, CicdError
-from tasks.environments import tool_packages
+from cicd.errors import BadInput
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,41 +22,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: tasks import Prefect, whose settings main() sets first.
+    from cicd.config import load_config
     from cicd.git import checkout, is_remote, remove_workspace
     from tasks import benchmark_baseline, benchmarks
-    from tasks.environments import ensure_environment
+    from tasks.environments import ensure_environment, tool_packages
 
+    work = checkout(args.repo, args.ref)
     try:
-        work = checkout(args.repo, args.ref)
-        try:
-            config = load_config(work.path)
-            if config.benchmarks is None:
-                raise BadInput("cicd.yaml: field 'benchmarks': not configured in the target")
-            output = args.output
-            if output is None:
-                if is_remote(args.repo):
-                    raise BadInput("--output is required when --repo is a URL")
-                output = Path(work.repo) / config.benchmarks.baseline
-            env = ensure_environment(work.path, config.environment, tool_packages(config))
-            rounds = benchmarks.run_benchmarks(
-                env.python,
-                work.path,
-                config.benchmarks.paths,
-                args.rounds or config.benchmarks.rounds,
-                env.environ(),
-                work.path / ".cicd-benchmarks",
-                config.benchmarks.timeout,
-            )
-            written = benchmark_baseline.write_baseline(
-                output, benchmark_baseline.baseline_from_runs(rounds)
-            )
-        finally:
-            remove_workspace(work.path)
-    except BadInput as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return 2
-    except CicdError as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return 1
+        config = load_config(work.path)
+        if config.benchmarks is None:
+            raise BadInput("cicd.yaml: field 'benchmarks': not configured in the target")
+        output = args.output
+        if output is None:
+            if is_remote(args.repo):
+                raise BadInput("--output is required when --repo is a URL")
+            output = Path(work.repo) / config.benchmarks.baseline
+        env = ensure_environment(work.path, config.environment, tool_packages(config))
+        rounds = benchmarks.run_benchmarks(
+            env.python,
+            work.path,
+            config.benchmarks.paths,
+            args.rounds or config.benchmarks.rounds,
+            env.environ(),
+            work.path / ".cicd-benchmarks",
+            config.benchmarks.timeout,
+        )
+        data = benchmark_baseline.baseline_from_runs(rounds)
+        written = benchmark_baseline.write_baseline(output, data)
+    finally:
+        remove_workspace(work.path)
     print(f"wrote {written} ({len(rounds)} rounds, {len(rounds[0]) if rounds else 0} benchmarks)")
     return 0

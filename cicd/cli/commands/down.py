@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from cicd.errors import BadInput
 from deployments import local_stack as local_server
 
 
@@ -15,11 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     del args
-    try:
-        results = local_server.down()
-    except BadInput as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return 2
+    results = local_server.down()
     if not results:
         print("nothing to stop: no local stack is recorded in " f"{local_server.state_dir()}")
         return 0

@@ -1,86 +1,45 @@
-"""``cicd run FLOW``: run a pipeline locally and report like a CI job.
+"""``cicd run PIPELINE``: run a pipeline locally and report like a CI job.
 
-Exit codes: 0 the pipeline passed, 1 it failed, 2 bad input (unknown repo or
-ref, invalid configuration) with a one-line reason.
+The pipelines, their options and their flows come from ``flows/registry.py``.
+Exit codes are those of ``cicd/cli/error_handler.py``: 0 the pipeline passed,
+1 it failed, 2 bad input, 3 an unexpected error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 import time
-from collections.abc import Callable
 from typing import Any
 
-from cicd.errors import BadInput, CicdError
-from cicd.results import PipelineFailed
-
-EXIT_PASSED = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-
-
-FLOW_NAMES = ("pr-validation", "integration", "nightly", "release", "cost-report")
-
-
-def _flow(name: str) -> Callable[..., dict[str, Any]]:
-    # Imported lazily: importing the flows imports Prefect (about a second).
-    if name == "pr-validation":
-        from flows.pr_validation import pr_validation
-
-        return pr_validation
-    if name == "integration":
-        from flows.integration import integration
-
-        return integration
-    if name == "nightly":
-        from flows.nightly import nightly
-
-        return nightly
-    if name == "release":
-        from flows.release import release
-
-        return release
-    from flows.cost_report import cost_report
-
-    return cost_report
-
-
-def flow_parameters(args: argparse.Namespace, repo: str) -> dict[str, Any]:
-    """The flow's parameters from the command line (the same names as in prefect.yaml)."""
-    if args.flow == "cost-report":
-        return {k: v for k, v in {"webhook_url": args.webhook_url}.items() if v is not None}
-    params: dict[str, Any] = {"repo": repo, "ref": args.ref}
-    if args.flow in ("pr-validation", "integration"):
-        params["base"] = args.base
-    if args.flow in ("integration", "nightly") and args.llm_mode:
-        params["llm_mode"] = args.llm_mode
-    if args.flow == "release":
-        params["dry_run"] = args.dry_run
-        if args.repository_url:
-            params["repository_url"] = args.repository_url
-    return params
+from cicd.cli.error_handler import EXIT_FAILED, EXIT_PASSED, Outcome
+from flows.registry import PIPELINES, Pipeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("flow", choices=FLOW_NAMES, help="the pipeline to run")
-    parser.add_argument(
-        "--repo",
-        help="path or URL of the target git repository (default: the embedded sample project)",
-    )
-    parser.add_argument(
-        "--ref", default="HEAD", help="branch, tag or commit to run on (release: the tag)"
-    )
-    parser.add_argument("--base", help="base ref of the change, for change detection")
-    parser.add_argument(
-        "--llm-mode",
-        choices=("mock", "replay", "record", "live"),
-        help="integration/nightly: how the LLM gateway answers (default: from cicd.yaml)",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="release: do everything but upload")
-    parser.add_argument("--repository-url", help="release: the index upload URL")
-    parser.add_argument("--webhook-url", help="cost-report: where to send the summary")
+    pipelines = parser.add_subparsers(dest="pipeline", metavar="PIPELINE", required=True)
+    for entry in PIPELINES.values():
+        add_pipeline(pipelines.add_parser(entry.name, help=entry.help), entry)
+
+
+def add_pipeline(parser: argparse.ArgumentParser, entry: Pipeline) -> None:
+    parser.set_defaults(pipeline=entry.name)
+    if entry.takes_repo:
+        parser.add_argument(
+            "--repo",
+            help="path or URL of the target git repository (default: the embedded sample project)",
+        )
+        parser.add_argument("--ref", default="HEAD", help=f"{entry.ref_help} (default: HEAD)")
+    for option in entry.options:
+        if option.switch:
+            parser.add_argument(
+                option.flag, dest=option.parameter, action="store_true", help=option.help
+            )
+        else:
+            parser.add_argument(
+                option.flag, dest=option.parameter, choices=option.choices, help=option.help
+            )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object with the results"
     )
@@ -106,34 +65,35 @@ def _print_human(report: dict[str, Any]) -> None:
             print(f"      FAILED {failure['name']}: {failure['message']}")
 
 
-def run(args: argparse.Namespace) -> int:
-    repo = args.repo
-    if repo is None and args.flow != "cost-report":
+def run(args: argparse.Namespace, outcome: Outcome) -> int:
+    """Run the pipeline; a failed pipeline is a report and exit 1, any other
+    error goes to the error handler."""
+    from cicd.cli.prefect_api import require_api, start_temporary_server
+    from cicd.results import PipelineFailed
+
+    entry = PIPELINES[args.pipeline]
+    repo = getattr(args, "repo", None)
+    if entry.takes_repo and repo is None:
         from cicd.sample import default_sample_repo
 
         repo = str(default_sample_repo())
-    repo = repo or ""
-    flow = _flow(args.flow)
+    flow = entry.load()
     started = time.monotonic()
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        require_api(api_url)
+    else:
+        # The temporary server, started one run at a time.
+        start_temporary_server()
     try:
-        report = flow(**flow_parameters(args, repo))
+        report = flow(**entry.parameters(vars(args), repo))
         code = EXIT_PASSED
     except PipelineFailed as failed:
         report = failed.report.to_json()
         code = EXIT_FAILED
-    except BadInput as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except CicdError as exc:
-        # The pipeline could not run to its jobs' end (a fetch that kept failing,
-        # a project that does not build): a failure, said in one line.
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"flow": args.flow, "state": "failed", "error": str(exc), "jobs": []}))
-        return EXIT_FAILED
-    report = {**report, "flow": args.flow, "duration": round(time.monotonic() - started, 3)}
-    if args.json:
-        print(json.dumps(report))
+    report = {**report, "flow": entry.name, "duration": round(time.monotonic() - started, 3)}
+    if outcome.json_output:
+        outcome.print_json(report)
     else:
         _print_human(report)
     return code

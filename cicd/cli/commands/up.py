@@ -8,12 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cicd.errors import BadInput, CicdError
 from deployments import local_stack as local_server
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,22 +47,15 @@ def run(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    try:
-        result = local_server.up(
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            repo=args.repo,
-            server_url=args.server_url,
-            run_deploy=not args.no_deploy,
-            progress=progress,
-        )
-    except BadInput as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except CicdError as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    result = local_server.up(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        repo=args.repo,
+        server_url=args.server_url,
+        run_deploy=not args.no_deploy,
+        progress=progress,
+    )
     directory = local_server.state_dir()
     reused = f" (already running: {', '.join(result.reused)})" if result.reused else ""
     where = f"pid {result.server.pid}" if result.server else "not started by cicd"
@@ -80,4 +68,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"UI              {result.ui_url}")
     print(f"\nexport PREFECT_API_URL={result.api_url}  # for the prefect CLI")
     print("stop it all with: cicd down")
-    return EXIT_OK
+    return 0

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
-from cicd.errors import BadInput, CicdError
+from cicd.errors import BadInput
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
@@ -57,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_api_url() -> str:
     """PREFECT_API_URL, else the server ``cicd up`` started. Without either,
     each delivery would boot a throwaway Prefect server that no worker watches."""
-    from deployments.local_stack import configured_api_url
+    from deployments.stack_state import configured_api_url
 
     url = configured_api_url()
     if not url:
@@ -87,29 +86,19 @@ def read_secret(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port < 65536:
+        raise BadInput(f"--port {args.port}: expected 0-65535")
+    # Before Prefect is imported: it reads its settings once, at import.
+    os.environ["PREFECT_API_URL"] = resolve_api_url()
+    secret = read_secret(args)
+
+    from deployments.webhook import make_server, start_with_prefect
+
+    start = start_with_prefect(args.deployment_template)
     try:
-        if not 0 <= args.port < 65536:
-            raise BadInput(f"--port {args.port}: expected 0-65535")
-        # Before Prefect is imported: it reads its settings once, at import.
-        os.environ["PREFECT_API_URL"] = resolve_api_url()
-        secret = read_secret(args)
-
-        from deployments.webhook import make_server, start_with_prefect
-
-        start = start_with_prefect(args.deployment_template)
         server = make_server(args.host, args.port, secret, start, args.tag_prefix, args.branches)
-    except BadInput as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
-        print(
-            f"cicd: error: cannot listen on {args.host}:{args.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 2
-    except CicdError as exc:
-        print(f"cicd: error: {exc}", file=sys.stderr)
-        return 1
+        raise BadInput(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # The first line tells a supervisor (or a test) where it listens, port 0 included.
     print(

@@ -1,0 +1,48 @@
+"""Prefect settings for the CLI, put in the environment before Prefect is imported.
+
+Prefect builds its settings from the environment once, when ``prefect`` is
+first imported (the root settings context; see
+https://docs.prefect.io/v3/develop/settings-and-profiles), and configures
+logging at the same time. A default set afterwards is silently ignored: the
+temporary server keeps its 20 s start budget and INFO logs still show. So this
+module imports nothing that imports Prefect, and ``main()`` calls
+:func:`apply_defaults` before any command module is imported.
+
+``setdefault`` throughout: a value the user set wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+DEFAULTS = {
+    # An offline CI worker has nobody to send analytics to.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The temporary server takes 6-11 s to start on a 2-core worker, more under
+    # load; Prefect's default budget of 20 s fails the first run of a busy one.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # A CI command prints its own verdict; Prefect's INFO lines (task created,
+    # finished in state ...) bury it. PREFECT_LOGGING_LEVEL=INFO brings them back.
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def apply_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set every default the user has not set; return what was set."""
+    env = os.environ if environ is None else environ
+    applied: dict[str, str] = {}
+    for name, value in DEFAULTS.items():
+        if name not in env:
+            env[name] = value
+            applied[name] = value
+    if not env.get("PREFECT_API_URL"):
+        # The server `cicd up` started, while it runs; else Prefect's temporary
+        # server. Imported here: nothing in it imports Prefect.
+        from deployments.stack_state import configured_api_url
+
+        url = configured_api_url()
+        if url:
+            env["PREFECT_API_URL"] = url
+            applied["PREFECT_API_URL"] = url
+    return applied
