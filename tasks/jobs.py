@@ -16,6 +16,7 @@ from prefect.states import Failed
 
 from cicd import command
 from cicd.results import JobResult, JobState, StepResult
+from cicd.sandbox_step import confine_step
 
 JobOutcome = JobResult | State
 # A submitted job task.
@@ -49,16 +50,22 @@ def run_step(
     if deadline.expired:
         return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
     try:
-        result = command.run(
-            argv, cwd=cwd, env=env, timeout=deadline.remaining(), log_path=log_path
-        )
+        # Confined (cicd/sandbox.py): the step sees its workspace, not the worker.
+        with confine_step(argv, cwd, env) as (confined_argv, confined_env):
+            result = command.run(
+                confined_argv,
+                cwd=cwd,
+                env=confined_env,
+                timeout=deadline.remaining(),
+                log_path=log_path,
+            )
     except FileNotFoundError as exc:
         return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
     except command.Cancelled as exc:
         return StepResult(name, " ".join(argv), -15, 0.0, output_tail=str(exc))
     return StepResult(
         name=name,
-        command=result.display,
+        command=" ".join(argv),
         returncode=result.returncode,
         duration=result.duration,
         timed_out=result.timed_out,
