@@ -330,3 +330,18 @@ def confined(
         raise FileNotFoundError(f"No such file or directory: {program!r}")
     with sandbox:
         yield sandbox.wrap(argv, env)
+
+
+def kill_note() -> str:
+    """What a timed-out step's report may truthfully say was killed.
+
+    Only the PID namespace takes every process with it; without the box a
+    ``setsid`` daemon has left the process group before it was killed.
+    """
+    try:
+        confining = mode() != "off" and Sandbox.available().ok
+    except BadInput:
+        confining = False
+    if confining:
+        return "its sandbox was killed with every process in it"
+    return "process group killed (processes that left it may survive: not sandboxed)"

@@ -13,22 +13,28 @@ directory bind-mounted into the sandbox names them (unix(7)).
 
 Standard library only: inside the sandbox it runs with the worker's base
 interpreter in isolated mode (``python -I -S``), without the project's
-packages.
+packages. Before the job's command starts it only binds its listeners
+(``os``, ``socket``); asyncio is imported by the forwarder after the fork,
+while the command is already starting, so a bridged step starts about as
+fast as an unbridged one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Awaitable, Callable, Sequence
+    from pathlib import Path
+
+    Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 CHUNK = 65536
-Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 def socket_path(directory: Path | str, port: int) -> str:
@@ -50,6 +56,8 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 async def _splice(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connect: Connect
 ) -> None:
+    import asyncio
+
     try:
         upstream_reader, upstream_writer = await connect()
     except OSError:
@@ -67,6 +75,9 @@ class HostBridge:
     """The worker's side: unix sockets in ``directory`` forwarded to 127.0.0.1 ports."""
 
     def __init__(self, directory: Path, ports: Sequence[int], host: str = "127.0.0.1") -> None:
+        import asyncio
+        import threading
+
         self.directory = directory
         self.ports = tuple(ports)
         self.host = host
@@ -76,6 +87,8 @@ class HostBridge:
         self._thread = threading.Thread(target=self._serve, name="sandbox-bridge", daemon=True)
 
     def _serve(self) -> None:
+        import asyncio
+
         asyncio.set_event_loop(self._loop)
         try:
             for port in self.ports:
@@ -93,6 +106,8 @@ class HostBridge:
         self._loop.close()
 
     async def _listen(self, port: int) -> None:
+        import asyncio
+
         def connect() -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
             return asyncio.open_connection(self.host, port)
 
@@ -132,6 +147,8 @@ def _listeners(port: int) -> list[socket.socket]:
 
 
 def _serve_inside(directory: str, listeners: dict[int, list[socket.socket]]) -> None:
+    import asyncio
+
     async def serve() -> None:
         for port, sockets in listeners.items():
             path = socket_path(directory, port)

@@ -57,24 +57,37 @@ def reports_dirs(argv: Sequence[str]) -> list[Path]:
     return found
 
 
+def _own_tree(path: Path, workspace: Path) -> Path | None:
+    """The directory of ours that ``path`` lies in: an environment or this run's site."""
+    environments = paths.environments().resolve()
+    if environments in path.parents:
+        return environments / path.relative_to(environments).parts[0]
+    siblings = workspace.parent
+    if siblings in path.parents:
+        top = siblings / path.relative_to(siblings).parts[0]
+        # tasks.environments.project_site: "<workspace>.site-py<version>", this run's only.
+        if top.name.startswith(f"{workspace.name}.site-"):
+            return top
+    return None
+
+
 def environment_paths(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """The environment, its interpreter and the run's install site, when they are ours."""
-    allowed_roots = (paths.environments().resolve(), workspace.parent.resolve())
     found: list[Path] = []
     candidates = [env.get("VIRTUAL_ENV", ""), *env.get("PYTHONPATH", "").split(os.pathsep)]
     for value in candidates:
-        if not value or not value.startswith("/"):
+        if not value.startswith("/"):
             continue
         path = Path(value).resolve()
-        if path == workspace or workspace in path.parents or not path.exists():
-            continue
-        if any(root in path.parents for root in allowed_roots):
-            found.append(path)
-    venv = env.get("VIRTUAL_ENV")
-    if venv and Path(venv).resolve() in found:
-        python = Path(venv).resolve() / "bin" / "python"
-        if python.exists():
-            found.append(python.resolve().parent.parent)
+        tree = _own_tree(path, workspace) if path.exists() else None
+        if tree is not None:
+            found.append(tree)
+    venv = env.get("VIRTUAL_ENV", "")
+    tree = _own_tree(Path(venv).resolve(), workspace) if venv.startswith("/") else None
+    python = tree / "bin" / "python" if tree is not None else None
+    if python is not None and python.exists():
+        # The interpreter the environment was made from: its bin/python link, ours.
+        found.append(python.resolve().parent.parent)
     return list(dict.fromkeys(found))
 
 

@@ -386,3 +386,31 @@ def test_required_refuses_to_run_unconfined_and_auto_runs_with_a_filtered_env(
     monkeypatch.setenv("CICD_SANDBOX", "sometimes")
     with pytest.raises(BadInput, match="CICD_SANDBOX: expected one of auto, required, off"):
         run_step("env", ["/usr/bin/env"], cwd=workspace, env=env, deadline=Deadline(30))
+
+
+def test_a_step_cannot_widen_its_own_view_through_its_env_or_args(workspace: Path) -> None:
+    """``tests.*.env`` and ``tests.*.args`` come from the repository: they open nothing."""
+    other = paths.workspaces() / f"other-{workspace.name}"
+    site = workspace.with_name(f"{workspace.name}.site-py3.11")
+    environment = paths.environments() / f"py3.11-{workspace.name}"
+    run_reports = paths.runs() / f"pr-validation-{workspace.name}" / "reports"
+    for path in (other, site, environment / "lib", run_reports):
+        path.mkdir(parents=True)
+    try:
+        env = {
+            "VIRTUAL_ENV": str(environment),
+            "PYTHONPATH": os.pathsep.join([str(workspace), str(site), str(other), "/root"]),
+        }
+        argv = [
+            f"--junitxml={run_reports}/junit-unit.xml",
+            f"--cov-report=json:{paths.runs()}/stolen.json",
+            f"--basetemp={paths.home()}/mirrors",
+        ]
+
+        sandbox = step_sandbox(argv, workspace, env)
+
+        assert set(sandbox.read_only) == {environment.resolve(), site.resolve()}
+        assert sandbox.writable == (run_reports.resolve(),)
+    finally:
+        for path in (other, site, environment, run_reports.parent):
+            shutil.rmtree(path, ignore_errors=True)
