@@ -414,3 +414,71 @@ def test_a_step_cannot_widen_its_own_view_through_its_env_or_args(workspace: Pat
     finally:
         for path in (other, site, environment, run_reports.parent):
             shutil.rmtree(path, ignore_errors=True)
+
+
+HUNTER = textwrap.dedent(
+    """
+    import json, os, re, sys, urllib.request
+    known_port = int(sys.argv[1])
+    found = {"processes": [], "listening": [], "answers": [], "env": sorted(os.environ)}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            found["processes"].append(open(f"/proc/{pid}/cmdline").read().replace("\\0", " "))
+        except OSError:
+            pass
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in open(table).readlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A":
+                found["listening"].append(int(fields[1].rsplit(":", 1)[1], 16))
+    ports = {known_port, *found["listening"]}
+    for line in found["processes"]:
+        ports.update(int(p) for p in re.findall(r"--port\\s+(\\d+)", line))
+    for port in sorted(ports):
+        body = json.dumps({"include_secrets": True}).encode()
+        url = f"http://127.0.0.1:{port}/api/block_documents/filter"
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                found["answers"].append([port, response.status, response.read().decode()])
+        except OSError as exc:
+            found["answers"].append([port, type(exc).__name__, ""])
+    print(json.dumps(found))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_target_test_hunting_for_the_prefect_api_finds_nothing(
+    workspace: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import urllib.parse
+
+    from prefect.blocks.system import Secret
+
+    monkeypatch.setenv("CICD_SANDBOX", "required")
+    stolen = f"sk-index-token-{uuid.uuid4().hex}"
+    Secret(value=stolen).save(f"hunted-{uuid.uuid4().hex[:8]}")  # type: ignore[arg-type]
+    api_port = urllib.parse.urlsplit(prefect_server).port
+    assert api_port is not None
+    # From the host the API hands the secret out: that is what the box must prevent.
+    hunt_argv = [SYSTEM_PYTHON, "-c", HUNTER, str(api_port)]
+    unboxed = subprocess.run(hunt_argv, capture_output=True, text=True, timeout=120)
+    assert stolen in unboxed.stdout
+
+    step = run_step(
+        "pytest",
+        hunt_argv,
+        cwd=workspace,
+        env={**os.environ, "PATH": "/usr/bin"},
+        deadline=Deadline(120),
+    )
+
+    assert step.ok, step.output_tail
+    found = json.loads(step.output_tail.splitlines()[-1])
+    assert stolen not in step.output_tail
+    assert found["listening"] == []
+    assert found["answers"] == [[api_port, "URLError", ""]]
+    assert not any("prefect" in line for line in found["processes"])
+    assert not [name for name in found["env"] if name.startswith(("PREFECT_", "CICD_"))]
