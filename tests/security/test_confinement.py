@@ -7,6 +7,7 @@ host what it could see, reach, read, write, and what it left running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -64,7 +65,12 @@ class EchoServer:
                 conn.sendall(b"echo:" + conn.recv(100))
 
     def close(self) -> None:
+        # shutdown first: a close() alone leaves the socket listening while
+        # the accept() of the serving thread still holds it.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self._thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -431,9 +437,11 @@ HUNTER = textwrap.dedent(
             fields = row.split()
             if fields[3] == "0A":
                 found["listening"].append(int(fields[1].rsplit(":", 1)[1], 16))
-    ports = {known_port, *found["listening"]}
-    for line in found["processes"]:
-        ports.update(int(p) for p in re.findall(r"--port\\s+(\\d+)", line))
+    ports = {known_port}
+    if sys.argv[2] == "scan":
+        ports.update(found["listening"])
+        for line in found["processes"]:
+            ports.update(int(p) for p in re.findall(r"--port\\s+(\\d+)", line))
     for port in sorted(ports):
         body = json.dumps({"include_secrets": True}).encode()
         url = f"http://127.0.0.1:{port}/api/block_documents/filter"
@@ -441,7 +449,7 @@ HUNTER = textwrap.dedent(
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 found["answers"].append([port, response.status, response.read().decode()])
-        except OSError as exc:
+        except Exception as exc:
             found["answers"].append([port, type(exc).__name__, ""])
     print(json.dumps(found))
     """
@@ -463,13 +471,16 @@ def test_a_target_test_hunting_for_the_prefect_api_finds_nothing(
     api_port = urllib.parse.urlsplit(prefect_server).port
     assert api_port is not None
     # From the host the API hands the secret out: that is what the box must prevent.
+    # (Told the port, not scanning: on a shared machine the host has other servers.)
     hunt_argv = [SYSTEM_PYTHON, "-c", HUNTER, str(api_port)]
-    unboxed = subprocess.run(hunt_argv, capture_output=True, text=True, timeout=120)
+    unboxed = subprocess.run(
+        [*hunt_argv, "known"], capture_output=True, text=True, timeout=120
+    )
     assert stolen in unboxed.stdout
 
     step = run_step(
         "pytest",
-        hunt_argv,
+        [*hunt_argv, "scan"],
         cwd=workspace,
         env={**os.environ, "PATH": "/usr/bin"},
         deadline=Deadline(120),
