@@ -20,6 +20,8 @@ from cicd import command
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, StepResult
 from cicd.runs import PipelineRun
+from cicd.sandbox import kill_note
+from cicd.sandbox_step import confine_step
 
 
 @dataclass(frozen=True)
@@ -115,16 +117,22 @@ def run_step(
     if deadline.expired:
         return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
     try:
-        result = command.run(
-            argv, cwd=cwd, env=env, timeout=deadline.remaining(), log_path=log_path
-        )
+        # Confined (cicd/sandbox.py): the step sees its workspace, not the worker.
+        with confine_step(argv, cwd, env) as (confined_argv, confined_env):
+            result = command.run(
+                confined_argv,
+                cwd=cwd,
+                env=confined_env,
+                timeout=deadline.remaining(),
+                log_path=log_path,
+            )
     except FileNotFoundError as exc:
         return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
     if not result.ok and command.closed():
         raise command.Cancelled(f"{name} was stopped: the run is shutting down")
     return StepResult(
         name=name,
-        command=result.display,
+        command=" ".join(argv),
         returncode=result.returncode,
         duration=result.duration,
         timed_out=result.timed_out,
@@ -143,6 +151,6 @@ def state_of(steps: Sequence[StepResult]) -> JobState:
 def failure_reason(steps: Sequence[StepResult], deadline: Deadline) -> str:
     timed_out = [s.name for s in steps if s.timed_out]
     if timed_out:
-        return f"timed out after {deadline.seconds:.0f}s in {timed_out[0]}; process group killed"
+        return f"timed out after {deadline.seconds:.0f}s in {timed_out[0]}; {kill_note()}"
     failed = [f"{s.name} (exit {s.returncode})" for s in steps if not s.ok]
     return ", ".join(failed)

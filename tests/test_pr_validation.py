@@ -157,6 +157,9 @@ def test_job_timeout_kills_the_whole_process_group(
 
     pid_file = tmp_path / "pids"
     monkeypatch.setenv("HANG_PID_FILE", str(pid_file))
+    # The target writes its host PIDs outside its workspace: only unboxed. The
+    # boxed case is in tests/security/test_confinement.py.
+    monkeypatch.setenv("CICD_SANDBOX", "off")
 
     with pytest.raises(PipelineFailed) as failed:
         pr_validation(repo=str(sample_repos["agentkit"]), ref="hang")
