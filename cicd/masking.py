@@ -22,6 +22,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 MASK = "***"
@@ -149,6 +150,16 @@ def mask(text: str) -> str:
 def mask_json(value: Any) -> Any:
     """A copy of ``value`` with every registered secret masked in keys and strings."""
     return REGISTRY.mask_json(value)
+
+
+def mask_file(path: Path) -> None:
+    """Rewrite ``path`` (a report a tool wrote, e.g. JUnit XML) with secrets masked."""
+    if not REGISTRY.secrets or not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    masked = mask(text)
+    if masked != text:
+        path.write_text(masked, encoding="utf-8")
 
 
 def install_filter(logger_names: Iterable[str] = PREFECT_LOGGERS) -> MaskingFilter:

@@ -10,6 +10,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cicd import masking
 from cicd.errors import CicdError
 
 
@@ -109,7 +110,8 @@ class JobResult:
             ]
         if self.details:
             data["details"] = self.details
-        return data
+        # Secrets in use never leave in a result (--json, flow results, reports).
+        return masking.mask_json(data)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class PipelineReport:
             "commit": self.commit,
             "duration": round(self.duration, 3),
             "jobs": [job.to_json() for job in self.jobs],
-            **self.extra,
+            **masking.mask_json(self.extra),
         }
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from cicd import masking
 from cicd.changes import only_ignored
 from cicd.config import PipelineConfig, SuiteConfig, load_config
 from cicd.git import Checkout, changed_files
@@ -50,6 +51,9 @@ class Opened:
 def open_pipeline(flow: str, repo: str, ref: str) -> Iterator[Opened]:
     """Set up a run of ``flow`` on ``repo@ref``; on any exit its processes are
     killed and its workspace deleted (``cicd.runs.pipeline_run``)."""
+    # Prefect ships log records as they are (its Secret block hides a value only
+    # in its repr): every secret registered in cicd.masking is masked from here on.
+    masking.install_filter()
     with pipeline_run(flow) as run:
         checkout = checkout_task(repo, ref)
         run.workspaces.append(checkout.path)

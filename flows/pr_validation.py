@@ -46,21 +46,34 @@ def job_names(config: PipelineConfig) -> list[str]:
     return (["quality"] if config.quality.tools() else []) + pr_suites(config)
 
 
-def mock_llm(opened: Opened, ref: str) -> AbstractContextManager[LlmSession | None]:
-    """The LLM gateway (mock by default) when a PR suite needs one, else nothing."""
+def mock_llm(
+    opened: Opened, ref: str, untrusted: bool
+) -> AbstractContextManager[LlmSession | None]:
+    """The LLM gateway (mock by default) when a PR suite needs one, else nothing.
+
+    A change from a fork gets the mock whatever cicd.yaml asks: the modes that
+    talk to the real API need its key, and untrusted code gets no secret, as
+    GitHub gives none to workflows of pull requests from forks
+    (https://docs.github.com/en/actions/security-for-github-actions/security-guides/using-secrets-in-github-actions).
+    """
     config = opened.config
     if not any(config.tests[name].llm for name in pr_suites(config)):
         return nullcontext(None)
     settings = config.settings(FLOW_NAME)
-    mode = settings.llm_mode or DEFAULT_LLM_MODE
+    mode = DEFAULT_LLM_MODE if untrusted else settings.llm_mode or DEFAULT_LLM_MODE
     return llm_session(config, mode, opened.run, opened.checkout, ref, settings.budget_usd)
 
 
 @flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
 def pr_validation(
-    repo: str, ref: str = "HEAD", base: str | None = None, group: str | None = None
+    repo: str,
+    ref: str = "HEAD",
+    base: str | None = None,
+    group: str | None = None,
+    untrusted: bool = False,
 ) -> FlowOutcome:
-    """``group`` (e.g. ``repo#branch``): a newer run of the same group cancels this one."""
+    """``group`` (e.g. ``repo#branch``): a newer run of the same group cancels this one.
+    ``untrusted`` (a pull request from a fork): no secret is loaded for it."""
     if group:
         from flows.concurrency import cancel_older_runs
 
@@ -83,7 +96,7 @@ def pr_validation(
         source = source_fingerprint(checkout.path, config.ignore_paths)
 
         # jobs: quality, unit-tests, framework-tests (in parallel)
-        with mock_llm(opened, ref) as llm:
+        with mock_llm(opened, ref, untrusted) as llm:
             jobs: list[Job] = [
                 *quality_jobs(config.quality, env, source),
                 *suite_jobs(config, suites, env, source, llm.env if llm else None),

@@ -98,7 +98,15 @@ register(
         "pr-validation",
         "flows.pr_validation:pr_validation",
         "quality, unit and framework tests of a change (pr.yml)",
-        options=(BASE,),
+        options=(
+            BASE,
+            Option(
+                "--untrusted",
+                "untrusted",
+                "a change from a fork: no secret reaches it (LLM suites use the mock)",
+                switch=True,
+            ),
+        ),
     )
 )
 register(

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from cicd import masking
 from cicd.config import PipelineConfig
 from cicd.git import commit_timestamp
 from cicd.results import JobResult, JobState
@@ -99,6 +100,7 @@ def release(
             repository_url=target,
             dry_run=dry_run,
         )
+        record = masking.mask_json(record)
         (run.directory / "release.json").write_text(json.dumps(record, indent=2))
         create_markdown_artifact(
             key="release-record",

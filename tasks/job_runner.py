@@ -36,7 +36,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 
 from cicd import command
-from cicd.errors import CicdError, InfrastructureError, retry_on_infrastructure
+from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.results import JobResult, JobState
 from cicd.runs import PipelineRun
 from tasks.job import Deadline, Job, JobContext, JobInputs, JobSkipped
@@ -87,10 +87,13 @@ def cache_key(job: Job) -> str | None:
 
 
 def execute(job: Job, context: JobContext) -> JobResult:
-    """Run ``job``; every exception but an infrastructure error becomes its state.
+    """Run ``job``; every exception becomes its state, but two.
 
     Infrastructure errors propagate so that Prefect retries them; once the
-    retries are spent ``job_result`` reports them.
+    retries are spent ``job_result`` reports them. Bad input (a release that
+    would replace a published file, an unknown service) propagates too: it is
+    no verdict on the commit, and ``job_result`` stops the pipeline with it
+    (exit 2), as a bad cicd.yaml does.
     """
     started = time.monotonic()
 
@@ -99,7 +102,7 @@ def execute(job: Job, context: JobContext) -> JobResult:
 
     try:
         result = job.run(context)
-    except InfrastructureError:
+    except (InfrastructureError, BadInput):
         raise
     except JobSkipped as exc:
         result = ended(JobState.SKIPPED, str(exc))
@@ -195,6 +198,8 @@ def job_result(name: str, future: JobFuture) -> JobResult:
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, JobResult):  # a Failed state carrying the job's result
         return outcome
+    if isinstance(outcome, BadInput):
+        raise outcome
     if state.is_cancelled() or state.is_crashed():
         return JobResult(name, JobState.CANCELLED, 0.0, reason=f"{state.name}: {state.message}")
     if isinstance(outcome, InfrastructureError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cicd import masking
 from cicd.results import JobResult, JobState, PipelineReport
 
 _ICONS = {
@@ -104,12 +105,12 @@ def publish_report(report: PipelineReport) -> None:
 
     create_markdown_artifact(
         key=artifact_key(report.flow, "summary"),
-        markdown=render_summary(report),
+        markdown=masking.mask(render_summary(report)),
         description=f"{report.flow} summary for {report.repo}@{report.ref}",
     )
     create_table_artifact(
         key=artifact_key(report.flow, "jobs"),
-        table=job_rows(report),
+        table=masking.mask_json(job_rows(report)),
         description=f"{report.flow} jobs",
     )
 
@@ -136,6 +137,6 @@ def publish_job_artifact(flow: str, result: JobResult) -> None:
 
     create_markdown_artifact(
         key=artifact_key(flow, f"job-{result.name}"),
-        markdown=render_job(result),
+        markdown=masking.mask(render_job(result)),
         description=f"{flow} job {result.name}",
     )

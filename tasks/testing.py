@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
+from cicd import masking
 from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
 from cicd.errors import CicdError
 from cicd.results import JobResult, JobState, StepResult, TestCounts, TestFailure
@@ -137,6 +138,9 @@ def run_suite(
         deadline=deadline,
         log_path=log_path,
     )
+    # A test may print a secret it was given (a service password): the report
+    # keeps no trace of it, on disk or in the counts' messages.
+    masking.mask_file(junit_path)
     tests = parse_junit(junit_path) if junit_path.is_file() else None
     coverage = parse_coverage(coverage_path) if coverage_path and coverage_path.is_file() else None
     state = state_of([step])

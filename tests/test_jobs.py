@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -41,6 +40,7 @@ from tasks.release_jobs import BuildJob, PublishJob
 from tasks.testing import MatrixJob, SuiteJob
 from tasks.usage import LlmBudgetJob
 
+SYSTEM_PYTHON = "/usr/bin/python3"
 ENV = Environment(path=Path("/envs/a"), python_version="3.11", key="env-1", reused=True)
 SUITE = SuiteConfig(paths=["tests/unit"])
 NEO4J = {"neo4j": ServiceConfig()}
@@ -153,7 +153,9 @@ class ScriptJob:
             raise self.raises("raised on purpose")
         step = run_step(
             "script",
-            [sys.executable, "-c", self.script],
+            # The system's interpreter: a job step sees /usr, not cicd-flows' own
+            # environment (cicd/sandbox.py).
+            [SYSTEM_PYTHON, "-c", self.script],
             cwd=context.workspace,
             env=dict(os.environ),
             deadline=context.deadline,
@@ -276,3 +278,14 @@ def test_a_new_implementation_version_is_not_served_an_old_result(
 
     assert run_in_flow(job, tmp_path).state is JobState.PASSED
     assert runs(job.counter) == 2
+
+
+@pytestmark_prefect
+def test_bad_input_found_by_a_job_stops_the_pipeline(tmp_path: Path) -> None:
+    from cicd.errors import BadInput
+
+    job = script_job(tmp_path, "pass", raises=BadInput)
+
+    with pytest.raises(BadInput, match="raised on purpose"):
+        run_in_flow(job, tmp_path)
+    assert runs(job.counter) == 1  # not retried: only infrastructure errors are

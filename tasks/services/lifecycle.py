@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cicd import masking
 from cicd.errors import BadInput, ConfigError, InfrastructureError
 from tasks.services.all_services import every_backend, select_backend
 from tasks.services.base import RunningService, logger
@@ -30,6 +31,8 @@ def reap_orphans() -> list[str]:
 def start_service(name: str, config: ServiceConfig, run_dir: Path) -> RunningService:
     """Start one service; a failed start (port race, slow disk) is retried once."""
     backend = select_backend(config)
+    # The password is masked wherever it could show: logs, reports, --json.
+    masking.register([config.password])
     try:
         return backend.start(name, config, run_dir)
     except InfrastructureError as exc:
