@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from cicd.config_loading import (
+    MAX_NODES,
+    MAX_STRING_CHARS,
     bounded_problems,
     check_strings,
     clipped,
@@ -99,7 +101,7 @@ def _format_error(error: Any) -> str:
 
 def parse_config(text: str, source: str = CONFIG_FILE) -> PipelineConfig:
     """Validate the text of a ``cicd.yaml``; errors name ``source`` and the field."""
-    data = load_yaml(text, source)
+    data = load_yaml(text, source, max_values=MAX_NODES, max_chars=MAX_STRING_CHARS)
     if data is None:
         raise ConfigError(
             source, ["the file is empty: it configures no job (add 'tests' or 'quality')"]

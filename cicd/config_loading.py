@@ -45,6 +45,10 @@ MAX_ALIASES = 100
 # PyYAML's pure-Python composer takes about 0.1 ms per value on a busy machine,
 # and a 256 KiB file can hold 130,000 of them (``[a,a,...]``).
 MAX_NODES = 10_000
+# Other repository files read as YAML (the LLM fixtures: long replies, more
+# answers) get looser bounds on values, the same ones on aliases and depth.
+OTHER_MAX_NODES = 200_000
+OTHER_MAX_STRING_CHARS = 1024 * 1024
 # Strings longer than this are refused wherever they appear (keys included).
 MAX_STRING_CHARS = 4096
 SHOWN_CHARS = 80
@@ -111,8 +115,12 @@ class BoundedLoader(yaml.SafeLoader):
     (before any Python object is built). The composing methods follow PyYAML's
     own (yaml/composer.py), with the counting added."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(
+        self, stream: str, max_values: int = MAX_NODES, max_chars: int = MAX_STRING_CHARS
+    ) -> None:
         super().__init__(stream)
+        self._max_values = max_values
+        self._max_chars = max_chars
         self._depth = 0
         self._aliases = 0
         self._path: list[str | int] = []
@@ -139,8 +147,8 @@ class BoundedLoader(yaml.SafeLoader):
 
     def _count(self, values: int) -> None:
         self._values += values
-        if self._values > MAX_NODES:
-            raise self._refuse(f"more than {MAX_NODES} values, aliases expanded")
+        if self._values > self._max_values:
+            raise self._refuse(f"more than {self._max_values} values, aliases expanded")
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(AliasEvent):
@@ -183,9 +191,9 @@ class BoundedLoader(yaml.SafeLoader):
 
     def compose_scalar_node(self, anchor: Any) -> ScalarNode:
         node = super().compose_scalar_node(anchor)
-        if len(node.value) > MAX_STRING_CHARS:
+        if len(node.value) > self._max_chars:
             raise _Refused(
-                f"a value of {len(node.value)} characters (at most {MAX_STRING_CHARS})",
+                f"a value of {len(node.value)} characters (at most {self._max_chars})",
                 node.start_mark,
                 dotted(self._path),
             )
@@ -228,13 +236,21 @@ class BoundedLoader(yaml.SafeLoader):
         return node
 
 
-def load_yaml(text: str, source: str, kind: str = "YAML") -> Any:
-    """Parse YAML within the bounds above; an error names ``source``, the line and
-    (where known) the field."""
+def load_yaml(
+    text: str,
+    source: str,
+    kind: str = "YAML",
+    *,
+    max_values: int = OTHER_MAX_NODES,
+    max_chars: int = OTHER_MAX_STRING_CHARS,
+) -> Any:
+    """Parse YAML within the bounds above (``cicd.yaml``: ``MAX_NODES`` and
+    ``MAX_STRING_CHARS``); an error names ``source``, the line and (where known)
+    the field."""
     loader = None
     try:
         # The reader checks every character when it is created.
-        loader = BoundedLoader(text)
+        loader = BoundedLoader(text, max_values, max_chars)
         return loader.get_single_data()
     except _Refused as exc:
         where = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark is not None else ""

@@ -294,3 +294,16 @@ def test_the_cost_report_takes_its_thresholds_from_the_config_unless_given(
     given = cost_report(end=end, store_url=url, config=str(config), week_alert_usd=10.0)
     assert not any("week's" in alert for alert in given["alerts"])
     assert cost_report(end=end, store_url=url)["alerts"] == []
+
+
+def test_other_repository_yaml_allows_long_values_but_not_alias_bombs() -> None:
+    from cicd.config import load_yaml
+
+    reply = "x" * 10_000  # an LLM fixture's reply may be long; a cicd.yaml value may not
+    assert load_yaml(f"- {{match: a, reply: {reply}}}\n", "answers.yaml")[0]["reply"] == reply
+    levels = zip("abcdef", "bcdefg", strict=True)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in levels
+    )
+    with pytest.raises(ConfigError, match=r"^answers.yaml: line \d+: field 'f\[\d+\]': more than"):
+        load_yaml(bomb, "answers.yaml")
