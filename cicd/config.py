@@ -1,253 +1,133 @@
 """The target project's pipeline configuration: ``cicd.yaml`` at the repo root.
 
-Read from the commit under test (the checked-out workspace), validated with
-pydantic, and reported with the file, the field and what was expected. With
-no file, defaults are detected from the target's ``pyproject.toml``.
+``load_config(workspace)`` is the one way in: it reads the file of the commit
+under test within bounds (``cicd.config_loading``), validates every field
+(``cicd.config_schema``), resolves every path it names inside the checkout
+(after symlinks) and refuses a configuration that runs no job. Every problem is
+a ``ConfigError`` naming the file and the field (exit 2). With no file, defaults
+are detected from the target's ``pyproject.toml``.
 """
 
 from __future__ import annotations
 
-import re
-import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
+from cicd.config_loading import (
+    MAX_NODES,
+    MAX_STRING_CHARS,
+    bounded_problems,
+    check_strings,
+    clipped,
+    dotted,
+    load_yaml,
+    read_text,
+    shown,
+)
+from cicd.config_schema import (
+    DEFAULT_LLM_EXPORT,
+    DEFAULT_NEO4J_EXPORT,
+    LLM_PLACEHOLDERS,
+    PLACEHOLDER,
+    SERVICE_PLACEHOLDERS,
+    BenchmarkConfig,
+    EnvironmentConfig,
+    LlmConfig,
+    LlmMode,
+    NotifyConfig,
+    PipelineConfig,
+    PipelineName,
+    PipelineSettings,
+    QualityConfig,
+    ReleaseConfig,
+    ServiceConfig,
+    SuiteConfig,
+    ToolConfig,
+)
 from cicd.errors import ConfigError
 
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_LLM_EXPORT",
+    "DEFAULT_NEO4J_EXPORT",
+    "LLM_PLACEHOLDERS",
+    "SERVICE_PLACEHOLDERS",
+    "BenchmarkConfig",
+    "EnvironmentConfig",
+    "LlmConfig",
+    "LlmMode",
+    "NotifyConfig",
+    "PipelineConfig",
+    "PipelineName",
+    "PipelineSettings",
+    "QualityConfig",
+    "ReleaseConfig",
+    "ServiceConfig",
+    "SuiteConfig",
+    "ToolConfig",
+    "detect_defaults",
+    "load_config",
+    "load_config_file",
+    "load_yaml",
+    "parse_config",
+    "render_template",
+]
+
 CONFIG_FILE = "cicd.yaml"
-
-LlmMode = Literal["mock", "replay", "record", "live"]
-PipelineName = Literal["pr-validation", "integration", "nightly", "release", "cost-report"]
-
-_PLACEHOLDER = re.compile(r"{(\w+)}")
-
-
-class _Model(BaseModel):
-    # A typo in a field name must be an error, not a silently ignored key.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _current_python() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-class EnvironmentConfig(_Model):
-    """How the target's virtualenv is built (``pip install -e .[extras]`` and more)."""
-
-    python: str = Field(default_factory=_current_python, pattern=r"^\d+\.\d+(\.\d+)?$")
-    extras: list[str] = []
-    packages: list[str] = []
-    # Off: the commit's source is put on PYTHONPATH (no build, the fastest).
-    # On: the commit is also built and installed without dependencies for each
-    # run, like `pip install -e .`: its entry points and metadata exist too.
-    install_project: bool = False
-    timeout: float = Field(default=900, gt=0)
-
-
-class ToolConfig(_Model):
-    paths: list[str] = Field(min_length=1)
-    args: list[str] = []
-
-
-class QualityConfig(_Model):
-    ruff: ToolConfig | None = None
-    mypy: ToolConfig | None = None
-    black: ToolConfig | None = None
-    timeout: float = Field(default=600, gt=0)
-
-    def tools(self) -> dict[str, ToolConfig]:
-        found = {"ruff": self.ruff, "mypy": self.mypy, "black": self.black}
-        return {name: tool for name, tool in found.items() if tool is not None}
-
-
-class SuiteConfig(_Model):
-    """One pytest suite, like a GitHub Actions test job."""
-
-    paths: list[str] = Field(min_length=1)
-    markers: str | None = None
-    args: list[str] = []
-    coverage: list[str] = []
-    services: list[str] = []
-    llm: bool = False
-    env: dict[str, str] = {}
-    timeout: float = Field(default=900, gt=0)
-
-
-DEFAULT_NEO4J_EXPORT = {
-    "NEO4J_URI": "{uri}",
-    "NEO4J_USER": "{user}",
-    "NEO4J_PASSWORD": "{password}",
-    "NEO4J_TEST_URI": "{uri}",
-    "NEO4J_TEST_PASSWORD": "{password}",
-}
-SERVICE_PLACEHOLDERS = frozenset({"uri", "user", "password", "host", "port", "http_port"})
-
-
-class ServiceConfig(_Model):
-    """A service container, like ``services: neo4j: image: neo4j:5.26``."""
-
-    kind: Literal["neo4j"] = "neo4j"
-    version: str = "5.26"
-    backend: Literal["auto", "process", "docker"] = "auto"
-    user: str = "neo4j"
-    password: str = Field(default="test-password", min_length=8)
-    export: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_NEO4J_EXPORT))
-    startup_timeout: float = Field(default=180, gt=0)
-
-    @field_validator("version")
-    @classmethod
-    def _supported_version(cls, value: str) -> str:
-        if value != "5.26" and not value.startswith("5.26."):
-            raise ValueError(f"only Neo4j 5.26 is supported, got {value!r}")
-        return value
-
-    @field_validator("export")
-    @classmethod
-    def _known_placeholders(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, template in value.items():
-            unknown = set(_PLACEHOLDER.findall(template)) - SERVICE_PLACEHOLDERS
-            if unknown:
-                raise ValueError(
-                    f"{name}: unknown placeholder {{{sorted(unknown)[0]}}}; "
-                    f"expected one of {sorted(SERVICE_PLACEHOLDERS)}"
-                )
-        return value
-
-
-DEFAULT_LLM_EXPORT = {
-    "OPENAI_BASE_URL": "{base_url}",
-    "OPENAI_API_KEY": "{api_key}",
-}
-
-
-class LlmConfig(_Model):
-    """The LLM gateway a test job's code is pointed at."""
-
-    upstream: str = "https://api.openai.com/v1"
-    api_key_secret: str | None = None
-    fixtures: str | None = None
-    recordings: str = ".cicd/llm-recordings"
-    export: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LLM_EXPORT))
-    strict_replay: bool = True
-
-
-class BenchmarkConfig(_Model):
-    paths: list[str] = Field(min_length=1)
-    baseline: str = "benchmarks/baseline.json"
-    threshold: float = Field(default=0.10, gt=0)
-    rounds: int = Field(default=5, ge=1)
-    timeout: float = Field(default=900, gt=0)
-
-
-class NotifyConfig(_Model):
-    webhook_url: str | None = None
-    block: str | None = None
-
-
-class ReleaseConfig(_Model):
-    index_url: str | None = None
-    repository_url: str | None = None
-    credentials_secret: str | None = None
-    username: str = "__token__"
-    tag_prefix: str = "v"
-
-
-class PipelineSettings(_Model):
-    """Per-flow choices: which suites run, LLM mode, budget, Python matrix."""
-
-    suites: list[str] | None = None
-    llm_mode: LlmMode | None = None
-    budget_usd: float | None = Field(default=None, ge=0)
-    alert_usd: float | None = Field(default=None, ge=0)
-    python: list[str] = []
-
-
-class PipelineConfig(_Model):
-    version: Literal[1] = 1
-    environment: EnvironmentConfig = EnvironmentConfig()
-    quality: QualityConfig = QualityConfig()
-    tests: dict[str, SuiteConfig] = {}
-    services: dict[str, ServiceConfig] = {}
-    llm: LlmConfig = LlmConfig()
-    benchmarks: BenchmarkConfig | None = None
-    notify: NotifyConfig = NotifyConfig()
-    release: ReleaseConfig = ReleaseConfig()
-    pipelines: dict[PipelineName, PipelineSettings] = {}
-    ignore_paths: list[str] = []
-
-    @model_validator(mode="after")
-    def _references_resolve(self) -> PipelineConfig:
-        for suite_name, suite in self.tests.items():
-            for service in suite.services:
-                if service not in self.services:
-                    raise ValueError(
-                        f"tests.{suite_name}.services: unknown service {service!r}; "
-                        f"declared services: {sorted(self.services) or 'none'}"
-                    )
-        for flow_name, settings in self.pipelines.items():
-            for suite_ref in settings.suites or []:
-                if suite_ref not in self.tests:
-                    raise ValueError(
-                        f"pipelines.{flow_name}.suites: unknown suite {suite_ref!r}; "
-                        f"declared suites: {sorted(self.tests) or 'none'}"
-                    )
-        return self
-
-    def settings(self, flow: PipelineName) -> PipelineSettings:
-        return self.pipelines.get(flow, PipelineSettings())
+PYPROJECT = "pyproject.toml"
+MAX_PYPROJECT_BYTES = 1024 * 1024
+# Files the environment step hands to uv: a symlink out of the repository
+# would make it read any file of the worker (uv read /etc/os-release).
+DEPENDENCY_FILES = (PYPROJECT, "setup.py", "setup.cfg")
 
 
 def _format_error(error: Any) -> str:
-    location = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"])
+    """One pydantic error as ``field 'a.b': message (got value)``, bounded."""
+    location = dotted(error["loc"])
+    message = clipped(str(error["msg"]).removeprefix("Value error, "), 120)
     if error["type"] == "extra_forbidden":
         return f"field '{location}': unknown field"
-    if error["type"] == "value_error" and not location:
-        return message.removeprefix("Value error, ")
-    shown = error.get("input")
-    got = "" if isinstance(shown, dict) or error["type"] == "value_error" else f" (got {shown!r})"
-    return f"field '{location}': {message.removeprefix('Value error, ')}{got}"
-
-
-def load_yaml(text: str, source: str, kind: str = "YAML") -> Any:
-    """Parse YAML; a syntax error names ``source`` and the line."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(
-            source, [f"{where}not valid {kind} ({getattr(exc, 'problem', exc)})"]
-        ) from None
+    if error["type"] == "value_error":
+        # Our own validators already name the value (and, at the top, the field).
+        return message if message.startswith("field '") else f"field '{location}': {message}"
+    got = error.get("input")
+    shown_got = "" if isinstance(got, dict | list) else f" (got {shown(got)})"
+    return f"field '{location}': {message}{shown_got}"
 
 
 def parse_config(text: str, source: str = CONFIG_FILE) -> PipelineConfig:
     """Validate the text of a ``cicd.yaml``; errors name ``source`` and the field."""
-    data = load_yaml(text, source)
+    data = load_yaml(text, source, max_values=MAX_NODES, max_chars=MAX_STRING_CHARS)
     if data is None:
-        data = {}
+        raise ConfigError(
+            source, ["the file is empty: it configures no job (add 'tests' or 'quality')"]
+        )
     if not isinstance(data, dict):
         raise ConfigError(
             source, [f"expected a mapping at the top level, got {type(data).__name__}"]
         )
+    check_strings(data, source)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+        problems = [_format_error(e) for e in exc.errors(include_url=False)]
+        raise ConfigError(source, bounded_problems(problems)) from None
 
 
 def _read_pyproject(root: Path) -> dict[str, Any]:
-    path = root / "pyproject.toml"
+    path = root / PYPROJECT
     if not path.is_file():
         return {}
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path, PYPROJECT, MAX_PYPROJECT_BYTES))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("pyproject.toml", [f"not valid TOML ({exc})"]) from None
+        raise ConfigError(PYPROJECT, [f"not valid TOML ({clipped(str(exc), 100)})"]) from None
+    except RecursionError:
+        raise ConfigError(PYPROJECT, ["not valid TOML (nested too deeply)"]) from None
 
 
 def _package_dirs(root: Path) -> list[str]:
@@ -270,7 +150,8 @@ def detect_defaults(root: Path) -> PipelineConfig:
     """Sensible defaults for a target without ``cicd.yaml``, from ``pyproject.toml``."""
     pyproject = _read_pyproject(root)
     tool = pyproject.get("tool", {})
-    optional = pyproject.get("project", {}).get("optional-dependencies", {})
+    project = pyproject.get("project", {})
+    optional = project.get("optional-dependencies", {}) if isinstance(project, dict) else {}
     extras = [name for name in ("dev", "test", "tests") if name in optional][:1]
     packages = _package_dirs(root)
     code_paths = ["src"] if (root / "src").is_dir() else packages
@@ -287,19 +168,110 @@ def detect_defaults(root: Path) -> PipelineConfig:
     tests: dict[str, Any] = {}
     if has_tests:
         tests["unit"] = {"paths": ["tests"], "coverage": packages}
-    return PipelineConfig.model_validate(
-        {"environment": {"extras": extras}, "quality": quality, "tests": tests}
-    )
+    try:
+        return PipelineConfig.model_validate(
+            {"environment": {"extras": extras}, "quality": quality, "tests": tests}
+        )
+    except ValidationError as exc:
+        problems = [_format_error(e) for e in exc.errors(include_url=False)]
+        raise ConfigError(f"{PYPROJECT} (no {CONFIG_FILE})", bounded_problems(problems)) from None
 
 
-def load_config(root: Path) -> PipelineConfig:
-    """The configuration of the checked-out commit at ``root``."""
-    path = root / CONFIG_FILE
-    if path.is_file():
-        return parse_config(path.read_text(encoding="utf-8"), CONFIG_FILE)
-    return detect_defaults(root)
+def _inside(root: Path, relative: str) -> bool:
+    """``root/relative`` stays inside ``root`` once every symlink is followed."""
+    try:
+        resolved = (root / relative).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+    return resolved == root or resolved.is_relative_to(root)
+
+
+def _repository_file(root: Path, name: str) -> Path | None:
+    """``root/name`` if it exists; refused when it is a symlink out of the repository."""
+    path = root / name
+    if not path.is_symlink():
+        return path if path.exists() else None
+    if not _inside(root, name):
+        raise ConfigError(name, ["a symlink to outside the repository: refused"])
+    if not path.exists():
+        raise ConfigError(name, ["a symlink to a file that does not exist"])
+    return path
+
+
+def _path_fields(config: PipelineConfig) -> Iterator[tuple[str, str]]:
+    """Every path a ``cicd.yaml`` names, with the field that names it."""
+    for tool_name, tool in config.quality.tools().items():
+        for i, path in enumerate(tool.paths):
+            yield f"quality.{tool_name}.paths[{i}]", path
+        for i, arg in enumerate(tool.args):
+            if not arg.startswith("-"):
+                yield f"quality.{tool_name}.args[{i}]", arg
+    for name, suite in config.tests.items():
+        for i, path in enumerate(suite.paths):
+            yield f"tests.{name}.paths[{i}]", path.split("::", 1)[0]
+        for i, path in enumerate(suite.coverage):
+            yield f"tests.{name}.coverage[{i}]", path
+        for i, arg in enumerate(suite.args):
+            if not arg.startswith("-"):
+                yield f"tests.{name}.args[{i}]", arg.split("::", 1)[0]
+    if config.benchmarks is not None:
+        for i, path in enumerate(config.benchmarks.paths):
+            yield f"benchmarks.paths[{i}]", path
+        yield "benchmarks.baseline", config.benchmarks.baseline
+    if config.llm.fixtures is not None:
+        yield "llm.fixtures", config.llm.fixtures
+    yield "llm.recordings", config.llm.recordings
+
+
+def _check_workspace(root: Path, config: PipelineConfig, source: str) -> None:
+    problems = [
+        f"field '{field}': {shown(value)} leads out of the repository (symlink): refused"
+        for field, value in _path_fields(config)
+        if not _inside(root, value)
+    ]
+    fixtures = config.llm.fixtures
+    if fixtures is not None and not problems and not (root / fixtures).is_dir():
+        problems.append(
+            f"field 'llm.fixtures': directory {shown(fixtures)} does not exist in the repository"
+        )
+    if config.environment.extras and not (root / PYPROJECT).is_file():
+        problems.append(
+            f"field 'environment.extras': {shown(config.environment.extras)} needs a "
+            f"{PYPROJECT} in the repository"
+        )
+    if not config.quality.tools() and not config.tests:
+        problems.append(
+            "configures no job: no quality tool and no test suite (add 'quality' or 'tests')"
+        )
+    if problems:
+        raise ConfigError(source, bounded_problems(problems))
+
+
+def load_config(workspace: Path) -> PipelineConfig:
+    """The configuration of the checked-out commit at ``workspace``: read within
+    bounds, validated, every path inside the workspace, at least one job."""
+    root = workspace.resolve()
+    for name in DEPENDENCY_FILES:
+        _repository_file(root, name)
+    for requirements in sorted(root.glob("requirements*.txt")):
+        _repository_file(root, requirements.name)
+    path = _repository_file(root, CONFIG_FILE)
+    if path is not None:
+        config = parse_config(read_text(path, CONFIG_FILE), CONFIG_FILE)
+        source = CONFIG_FILE
+    else:
+        config = detect_defaults(root)
+        source = f"{PYPROJECT} (no {CONFIG_FILE})"
+    _check_workspace(root, config, source)
+    return config
+
+
+def load_config_file(path: Path) -> PipelineConfig:
+    """A ``cicd.yaml`` outside any checkout (the cost report's thresholds): read
+    and validated like the repository's, without the workspace checks."""
+    return parse_config(read_text(path, str(path)), str(path))
 
 
 def render_template(template: str, values: dict[str, str]) -> str:
     """Fill ``{name}`` placeholders (used for the env names a service exports)."""
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)

@@ -1,0 +1,358 @@
+"""The ``cicd.yaml`` schema: every field, its type, its bounds and the checks
+that used to run late, inside the jobs (placeholders, secret and block names,
+versions), so that a bad file fails at load with exit 2, never mid-run.
+
+Bounds are finite everywhere: a timeout of ``.inf`` or ``1e300`` would mean no
+limit at all, and lists of 200,000 entries made change detection run for
+minutes (issue 13, "Config bombs").
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from cicd.config_loading import clipped, shown
+
+LlmMode = Literal["mock", "replay", "record", "live"]
+PipelineName = Literal["pr-validation", "integration", "nightly", "release", "cost-report"]
+
+PLACEHOLDER = re.compile(r"{(\w+)}")
+SERVICE_PLACEHOLDERS = frozenset({"uri", "user", "password", "host", "port", "http_port"})
+# What tasks.llm.gateway.Gateway.env fills in.
+LLM_PLACEHOLDERS = frozenset({"base_url", "api_key", "host", "port", "mode"})
+# Neo4j 5 only lets the initial password of its built-in admin user be set
+# (https://neo4j.com/docs/operations-manual/5/configuration/set-initial-password/).
+NEO4J_ADMIN_USER = "neo4j"
+
+MIN_SECONDS = 1.0
+MAX_SECONDS = 24 * 3600.0
+MAX_USD = 1_000_000.0
+
+
+class _Model(BaseModel):
+    # A typo in a field name must be an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _current_python() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML's `true` is Python's True, and pydantic takes True for 1 (`version: true`).
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {shown(value)}")
+    return value
+
+
+def _matching(pattern: str, expected: str) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"expected {expected}, got {shown(value)}")
+        return value
+
+    return check
+
+
+def _repo_path(value: str) -> str:
+    """A path inside the repository, written relative to its root. Symlinks are
+    resolved against the checkout by ``cicd.config.load_config``."""
+    path = value.split("::", 1)[0]  # pytest node ids: tests/test_x.py::test_y
+    if not path.strip():
+        raise ValueError("expected a path inside the repository, got an empty string")
+    if path.startswith("-"):
+        raise ValueError(f"a path must not start with '-' (an option), got {shown(value)}")
+    if path.startswith(("/", "~")) or PurePosixPath(path).is_absolute():
+        raise ValueError(f"expected a path relative to the repository root, got {shown(value)}")
+    if ".." in PurePosixPath(path).parts or "\\" in path:
+        raise ValueError(f"a path must stay inside the repository (no '..'), got {shown(value)}")
+    return value
+
+
+def _arg_stays_inside(value: str) -> str:
+    """Tool arguments are options by design, but never a path out of the
+    repository: ``--rootdir=/``, ``../other``, ``/etc``."""
+    target = value.split("=", 1)[1] if value.startswith("-") and "=" in value else value
+    if target.startswith(("/", "~")) or ".." in PurePosixPath(target).parts:
+        raise ValueError(f"an argument must not point outside the repository, got {shown(value)}")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/?#@]+(:\d+)?([/?#]\S*)?", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {shown(value)}")
+    return value
+
+
+def _requirement(value: str) -> str:
+    """A requirement (PEP 508), never an installer option (``--target=/elsewhere``)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if value.lstrip().startswith("-"):
+        raise ValueError(f"expected a requirement, not an option, got {shown(value)}")
+    try:
+        Requirement(value)
+    except InvalidRequirement:
+        raise ValueError(f"expected a requirement such as 'pkg>=1.2', got {shown(value)}") from None
+    return value
+
+
+Seconds = Annotated[
+    float,
+    BeforeValidator(_no_bool),
+    Field(ge=MIN_SECONDS, le=MAX_SECONDS, allow_inf_nan=False),
+]
+Usd = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
+PythonVersion = Annotated[str, AfterValidator(_matching(r"\d{1,2}\.\d{1,3}", "a version N.N"))]
+# Prefect's own rule for block document names (prefect/types/names.py,
+# https://github.com/PrefectHQ/prefect/blob/main/src/prefect/types/names.py).
+BlockName = Annotated[
+    str,
+    Field(max_length=100),
+    AfterValidator(_matching(r"[a-z0-9-]+", "a Prefect block name (a-z, 0-9, '-')")),
+]
+SlugOrBlockName = Annotated[
+    str,
+    Field(max_length=200),
+    AfterValidator(
+        _matching(r"([a-z0-9-]+/)?[a-z0-9-]+", "a Prefect block '<type-slug>/<name>' or '<name>'")
+    ),
+]
+RepoPath = Annotated[str, Field(max_length=1024), AfterValidator(_repo_path)]
+Argument = Annotated[str, Field(max_length=1024), AfterValidator(_arg_stays_inside)]
+Url = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+# Suite and service names become task names and file names (reports/<name>).
+Name = Annotated[
+    str,
+    AfterValidator(
+        _matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a name of letters, digits, '_', '.', '-'")
+    ),
+]
+EnvName = Annotated[
+    str,
+    AfterValidator(_matching(r"[A-Za-z_][A-Za-z0-9_]{0,127}", "an environment variable name")),
+]
+ExtraName = Annotated[
+    str,
+    AfterValidator(
+        _matching(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?", "an extra name (PEP 685)")
+    ),
+]
+Requirement = Annotated[str, Field(max_length=1024), AfterValidator(_requirement)]
+IgnorePattern = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _placeholders_of(allowed: frozenset[str]) -> Callable[[dict[str, str]], dict[str, str]]:
+    def check(export: dict[str, str]) -> dict[str, str]:
+        for name, template in export.items():
+            unknown = set(PLACEHOLDER.findall(template)) - allowed
+            if unknown:
+                raise ValueError(
+                    f"{name}: unknown placeholder {{{clipped(sorted(unknown)[0], 30)}}}; "
+                    f"expected one of {sorted(allowed)}"
+                )
+        return export
+
+    return check
+
+
+class EnvironmentConfig(_Model):
+    """How the target's virtualenv is built (``pip install -e .[extras]`` and more)."""
+
+    python: PythonVersion = Field(default_factory=_current_python)
+    extras: list[ExtraName] = Field(default=[], max_length=20)
+    packages: list[Requirement] = Field(default=[], max_length=200)
+    # Off: the commit's source is put on PYTHONPATH (no build, the fastest).
+    # On: the commit is also built and installed without dependencies for each
+    # run, like `pip install -e .`: its entry points and metadata exist too.
+    install_project: bool = False
+    timeout: Seconds = 900
+
+
+class ToolConfig(_Model):
+    paths: list[RepoPath] = Field(min_length=1, max_length=100)
+    args: list[Argument] = Field(default=[], max_length=100)
+
+
+class QualityConfig(_Model):
+    ruff: ToolConfig | None = None
+    mypy: ToolConfig | None = None
+    black: ToolConfig | None = None
+    timeout: Seconds = 600
+
+    def tools(self) -> dict[str, ToolConfig]:
+        found = {"ruff": self.ruff, "mypy": self.mypy, "black": self.black}
+        return {name: tool for name, tool in found.items() if tool is not None}
+
+
+class SuiteConfig(_Model):
+    """One pytest suite, like a GitHub Actions test job."""
+
+    paths: list[RepoPath] = Field(min_length=1, max_length=100)
+    markers: str | None = Field(default=None, max_length=1000)
+    args: list[Argument] = Field(default=[], max_length=100)
+    coverage: list[RepoPath] = Field(default=[], max_length=100)
+    services: list[Name] = Field(default=[], max_length=10)
+    llm: bool = False
+    env: dict[EnvName, str] = Field(default={}, max_length=200)
+    timeout: Seconds = 900
+
+
+def _neo4j_version(value: str) -> str:
+    # "5.26" (the pinned patch release) or an exact 5.26.N: tasks/services/provision.py.
+    if not re.fullmatch(r"5\.26(\.\d{1,4})?", value):
+        raise ValueError(
+            f"only Neo4j 5.26 is supported ('5.26' or an exact '5.26.N'), got {shown(value)}"
+        )
+    return value
+
+
+DEFAULT_NEO4J_EXPORT = {
+    "NEO4J_URI": "{uri}",
+    "NEO4J_USER": "{user}",
+    "NEO4J_PASSWORD": "{password}",
+    "NEO4J_TEST_URI": "{uri}",
+    "NEO4J_TEST_PASSWORD": "{password}",
+}
+
+
+class ServiceConfig(_Model):
+    """A service container, like ``services: neo4j: image: neo4j:5.26``."""
+
+    kind: Literal["neo4j"] = "neo4j"
+    version: Annotated[str, AfterValidator(_neo4j_version)] = "5.26"
+    backend: Literal["auto", "process", "docker"] = "auto"
+    user: str = Field(default=NEO4J_ADMIN_USER, max_length=128)
+    password: str = Field(default="test-password", min_length=8, max_length=256)
+    export: Annotated[
+        dict[EnvName, str], AfterValidator(_placeholders_of(SERVICE_PLACEHOLDERS))
+    ] = Field(default_factory=lambda: dict(DEFAULT_NEO4J_EXPORT), max_length=50)
+    startup_timeout: Seconds = 180
+
+
+DEFAULT_LLM_EXPORT = {
+    "OPENAI_BASE_URL": "{base_url}",
+    "OPENAI_API_KEY": "{api_key}",
+}
+
+
+class LlmConfig(_Model):
+    """The LLM gateway a test job's code is pointed at."""
+
+    upstream: Url = "https://api.openai.com/v1"
+    api_key_secret: BlockName | None = None
+    # Directories in the repository: mock answers, recorded exchanges.
+    fixtures: RepoPath | None = None
+    recordings: RepoPath = ".cicd/llm-recordings"
+    export: Annotated[dict[EnvName, str], AfterValidator(_placeholders_of(LLM_PLACEHOLDERS))] = (
+        Field(default_factory=lambda: dict(DEFAULT_LLM_EXPORT), max_length=50)
+    )
+    strict_replay: bool = True
+
+
+class BenchmarkConfig(_Model):
+    paths: list[RepoPath] = Field(min_length=1, max_length=100)
+    baseline: RepoPath = "benchmarks/baseline.json"
+    threshold: float = Field(default=0.10, gt=0, le=100, allow_inf_nan=False)
+    rounds: int = Field(default=5, ge=1, le=100)
+    timeout: Seconds = 900
+
+
+class NotifyConfig(_Model):
+    webhook_url: Url | None = None
+    block: SlugOrBlockName | None = None
+
+
+class ReleaseConfig(_Model):
+    index_url: Url | None = None
+    repository_url: Url | None = None
+    credentials_secret: BlockName | None = None
+    username: str = Field(default="__token__", min_length=1, max_length=256)
+    tag_prefix: Annotated[
+        str, AfterValidator(_matching(r"[A-Za-z0-9._/-]{0,32}", "a tag prefix such as 'v'"))
+    ] = "v"
+
+
+class PipelineSettings(_Model):
+    """Per-flow choices: which suites run, LLM mode, budget, Python matrix."""
+
+    suites: list[Name] | None = Field(default=None, min_length=1, max_length=100)
+    llm_mode: LlmMode | None = None
+    budget_usd: Usd | None = None
+    alert_usd: Usd | None = None
+    python: list[PythonVersion] = Field(default=[], max_length=20)
+
+
+# The settings each pipeline reads: anything else set under pipelines.<flow>
+# would be accepted and silently do nothing. alert_usd of the LLM pipelines is
+# the per-run threshold of the cost report (tasks/cost_report.alert_thresholds).
+FLOW_SETTINGS: dict[str, frozenset[str]] = {
+    "pr-validation": frozenset({"suites", "llm_mode", "budget_usd", "alert_usd"}),
+    "integration": frozenset({"suites", "llm_mode", "budget_usd", "alert_usd"}),
+    "nightly": frozenset({"suites", "llm_mode", "budget_usd", "alert_usd", "python"}),
+    "release": frozenset({"suites"}),
+    "cost-report": frozenset({"alert_usd"}),
+}
+
+
+class PipelineConfig(_Model):
+    version: Annotated[Literal[1], BeforeValidator(_no_bool)] = 1
+    environment: EnvironmentConfig = EnvironmentConfig()
+    quality: QualityConfig = QualityConfig()
+    tests: dict[Name, SuiteConfig] = Field(default={}, max_length=100)
+    services: dict[Name, ServiceConfig] = Field(default={}, max_length=10)
+    llm: LlmConfig = LlmConfig()
+    benchmarks: BenchmarkConfig | None = None
+    notify: NotifyConfig = NotifyConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    pipelines: dict[PipelineName, PipelineSettings] = {}
+    ignore_paths: list[IgnorePattern] = Field(default=[], max_length=1000)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> PipelineConfig:
+        for name, declared in self.services.items():
+            if declared.user != NEO4J_ADMIN_USER:
+                raise ValueError(
+                    f"field 'services.{name}.user': Neo4j 5 can only set the initial password "
+                    f"of user {NEO4J_ADMIN_USER!r}, got {shown(declared.user)}"
+                )
+        for suite_name, suite in self.tests.items():
+            exported_by: dict[str, str] = {}
+            for service in suite.services:
+                if service not in self.services:
+                    raise ValueError(
+                        f"field 'tests.{suite_name}.services': unknown service {service!r}; "
+                        f"declared services: {sorted(self.services) or 'none'}"
+                    )
+                for variable in self.services[service].export:
+                    if variable in exported_by and exported_by[variable] != service:
+                        raise ValueError(
+                            f"field 'services.{service}.export': {variable} is also exported by "
+                            f"service {exported_by[variable]!r}, both used by suite {suite_name!r}"
+                        )
+                    exported_by[variable] = service
+        for flow_name, settings in self.pipelines.items():
+            unused = sorted(settings.model_fields_set - FLOW_SETTINGS[flow_name])
+            if unused:
+                raise ValueError(
+                    f"field 'pipelines.{flow_name}.{unused[0]}': not used by the {flow_name} "
+                    f"pipeline (it reads {', '.join(sorted(FLOW_SETTINGS[flow_name]))})"
+                )
+            for suite_ref in settings.suites or []:
+                if suite_ref not in self.tests:
+                    raise ValueError(
+                        f"field 'pipelines.{flow_name}.suites': unknown suite {suite_ref!r}; "
+                        f"declared suites: {sorted(self.tests) or 'none'}"
+                    )
+        return self
+
+    def settings(self, flow: PipelineName) -> PipelineSettings:
+        return self.pipelines.get(flow, PipelineSettings())
