@@ -172,7 +172,8 @@ def parse_ls_remote(output: str) -> RemoteRefs:
 def _valid_listing(sha: str, ref: str) -> bool:
     try:
         git.check_commit_sha(sha)
-        git.check_ref(ref.removesuffix("^{}"))
+        # The short name (a tag's is the ``ref`` of its release run) may not start with '-'.
+        git.check_ref(ref.removesuffix("^{}").removeprefix("refs/heads/").removeprefix("refs/tags/"))
     except BadInput:
         return False
     return True
