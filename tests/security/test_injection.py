@@ -68,10 +68,13 @@ def assert_refused(result: subprocess.CompletedProcess[str], *named: str) -> Non
     assert len(error) == 1, result.stderr
     for text in named:
         assert text in error[0], error[0]
+    # Refused before git ran, not a clone or fetch that failed.
+    assert "cannot read repository" not in error[0]
 
 
 def no_sentinel(where: Path) -> None:
-    assert not (where / "pwned").exists()
+    # `touch pwned@x:y` and friends: any file whose name starts with pwned.
+    assert not list(where.glob("pwned*"))
     # The issue's own `ext::sh -c touch% /tmp/pwned`: shared, so only "not made by us".
     shared = Path("/tmp/pwned")
     assert not shared.exists() or shared.stat().st_mtime < SESSION_START
@@ -289,6 +292,22 @@ def test_poller_refuses_bad_targets_and_ignores_bad_remote_refs() -> None:
     listing = f"{'a' * 40}\trefs/tags/-x\n{'b' * 40}\trefs/tags/v1\n--x\trefs/heads/main\n"
     refs = parse_ls_remote(listing)
     assert refs.tags == {"v1": "b" * 40} and refs.branches == {}
+
+
+def test_poller_ls_remote_injection_is_refused_before_git_runs(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.git_poller import ls_remote
+
+    # Where `git ls-remote --upload-pack=CMD` (no repository: the cwd's origin) ran
+    # CMD before the address was checked and passed after `--`.
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "--quiet", "--", str(target), str(clone))
+    monkeypatch.chdir(clone)
+    for repo in ("--upload-pack=touch pwned@x:y", "ext::sh -c touch% pwned"):
+        with pytest.raises(BadInput, match="repository"):
+            ls_remote(repo)
+    no_sentinel(clone)
 
 
 # --- packages ------------------------------------------------------------------------------
