@@ -184,7 +184,7 @@ def run_in(
 def normalize_repo(repo: str) -> str:
     """An absolute path for local repositories; URLs as given. BadInput when invalid."""
     repo = validate_repo_address(repo)
-    if is_remote(repo) or repo.lower().startswith("file://"):
+    if is_remote(repo):
         return repo
     probe = _run("-C", repo, "rev-parse", "--git-dir", timeout=60)
     if not probe.ok:

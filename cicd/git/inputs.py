@@ -87,9 +87,9 @@ def check_repo_address(repo: str, *, what: str = "repository", allow_local: bool
 
 
 def is_remote(repo: str) -> bool:
-    """True for URLs and scp-like addresses (anything git does not read as a local path)."""
+    """True for URLs (``file://`` too) and scp-like addresses: what is not a local path."""
     if "://" in repo:
-        return not repo.lower().startswith("file://")
+        return True
     colon, slash = repo.find(":"), repo.find("/")
     return colon > 0 and (slash < 0 or colon < slash)
 
@@ -97,7 +97,7 @@ def is_remote(repo: str) -> bool:
 def validate_repo_address(repo: str) -> str:
     """check_repo_address, and a local path must be an existing directory: its absolute path."""
     repo = check_repo_address(repo)
-    if is_remote(repo) or repo.lower().startswith("file://"):
+    if is_remote(repo):
         return repo
     path = Path(repo).expanduser().resolve()
     if not path.is_dir():
