@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from cicd import command, paths
-from cicd.errors import InfrastructureError
+from cicd import paths
+from cicd.git import run_in
 
 SAMPLE_SOURCE = Path(__file__).resolve().parent.parent / "examples" / "agentkit"
 AUTHOR = {
@@ -24,19 +24,14 @@ AUTHOR = {
 
 
 def git_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(AUTHOR)
+    """What the sample's git calls add to cicd.git's safe environment."""
     # A user's global hooks or signing config must not run in our sample repos.
-    env["GIT_CONFIG_GLOBAL"] = os.devnull
-    env["GIT_CONFIG_NOSYSTEM"] = "1"
-    return env
+    return {**AUTHOR, "GIT_CONFIG_GLOBAL": os.devnull}
 
 
 def git(repo: Path, *args: str) -> str:
-    result = command.run(["git", "-C", str(repo), *args], env=git_env(), timeout=60)
-    if not result.ok:
-        raise InfrastructureError(f"git {' '.join(args)} failed in {repo}: {result.tail(5)}")
-    return result.output.strip()
+    """``git -C repo ARGS`` in a repository we made (the sample, test scenarios): its output."""
+    return run_in(repo, *args, env=git_env())
 
 
 def commit_all(repo: Path, message: str) -> str:

@@ -1,6 +1,7 @@
 """A small receiver for GitHub-style webhooks that starts pipeline runs.
 
-Prefect's incoming webhooks are Cloud-only (shared notes, "OSS vs Cloud"), so
+Prefect's incoming webhooks are a Prefect Cloud feature
+(https://docs.prefect.io/v3/automate/events/webhook-triggers), so
 ``cicd webhook`` runs this stdlib server next to the Prefect server. The git host
 (GitHub, Gitea, Forgejo) is configured to POST events here with a shared secret.
 
@@ -10,20 +11,15 @@ Per request:
 2. ``X-Hub-Signature-256: sha256=<hex>`` must be the HMAC-SHA256 of the raw body
    with the secret, compared in constant time; else 401 and nothing is started.
 3. Body not JSON (or form-encoded ``payload=<json>``, GitHub's other content type)
-   -> 400; a payload without a field the event needs -> 400 naming the field.
+   -> 400; a payload without a field the event needs, or with a clone URL, SHA or
+   ref name that is not valid (``deployments.webhook_events``) -> 400 naming the
+   field, and nothing is started.
 4. :func:`route_event` maps the event to a pipeline; anything else -> 200 with a
    ``reason`` (200, so the git host does not show the delivery as failed).
 5. The injected ``start(deployment, parameters) -> flow_run_id`` is called;
    answer 202 with the flow run id; if it raises, 502 with the error.
 
-Mapping (``tag_prefix`` is ``release.tag_prefix``, default ``v``):
-
-* ``push`` to a branch -> ``integration`` with ``{repo, ref: after, base: before}``
-  (``base`` omitted for a new branch, whose ``before`` is all zeros);
-* ``pull_request`` opened/synchronize/reopened -> ``pr-validation`` with
-  ``{repo: head repo clone_url, ref: head sha, base: base sha}``;
-* ``push`` of ``refs/tags/<prefix>*`` or ``create`` of such a tag -> ``release``
-  with ``{repo, ref: tag name}``.
+The mapping from events to pipelines is in ``deployments.webhook_events``.
 
 A tag push makes GitHub send both ``push`` and ``create``, and the git host
 redelivers on timeouts: an identical trigger seen within ``dedupe_seconds`` is
@@ -43,9 +39,23 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 from cicd.errors import BadInput
+from deployments.webhook_events import Ignored, Trigger, decode_body, parse_event, route_event
+
+__all__ = [
+    "Ignored",
+    "StartFn",
+    "Trigger",
+    "WebhookServer",
+    "decode_body",
+    "make_server",
+    "parse_event",
+    "route_event",
+    "sign",
+    "start_with_prefect",
+    "verify_signature",
+]
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 DEDUPE_SECONDS = 600.0
@@ -56,29 +66,10 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADERS = ("X-GitHub-Event", "X-Gitea-Event", "X-Forgejo-Event", "X-Gogs-Event")
 DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Gitea-Delivery", "X-Forgejo-Delivery")
-PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
-_ZERO_SHA = "0" * 40
 
 StartFn = Callable[[str, dict[str, Any]], str]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """A pipeline to start: the flow's deployment family and its parameters."""
-
-    deployment: str
-    parameters: dict[str, str]
-    description: str = ""
-
-    def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
-        return (self.deployment, tuple(sorted(self.parameters.items())))
-
-
-@dataclass(frozen=True)
-class Ignored:
-    reason: str
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
@@ -104,144 +95,6 @@ def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bo
     if given[:7].lower() != "sha256=":
         return False
     return hmac.compare_digest(expected, ("sha256=" + given[7:].lower()).encode("utf-8", "replace"))
-
-
-def _field(payload: Mapping[str, Any], dotted: str, event: str) -> Any:
-    value: Any = payload
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            raise BadInput(f"{event} event: field '{dotted}' is missing")
-        value = value[part]
-    return value
-
-
-def _text(payload: Mapping[str, Any], dotted: str, event: str) -> str:
-    value = _field(payload, dotted, event)
-    if not isinstance(value, str) or not value:
-        raise BadInput(f"{event} event: field '{dotted}' must be a non-empty string, got {value!r}")
-    return value
-
-
-def _branch_allowed(branch: str, branches: Collection[str] | None) -> bool:
-    return branches is None or branch in branches
-
-
-def _route_push(
-    payload: Mapping[str, Any], tag_prefix: str, branches: Collection[str] | None
-) -> Trigger | Ignored:
-    ref = _text(payload, "ref", "push")
-    deleted = bool(payload.get("deleted")) or payload.get("after") == _ZERO_SHA
-    if ref.startswith("refs/tags/"):
-        tag = ref.removeprefix("refs/tags/")
-        if deleted:
-            return Ignored(f"tag {tag} deleted")
-        if not tag.startswith(tag_prefix):
-            return Ignored(f"tag {tag} does not start with {tag_prefix!r}")
-        repo = _text(payload, "repository.clone_url", "push")
-        return Trigger("release", {"repo": repo, "ref": tag}, f"tag {tag} pushed")
-    if not ref.startswith("refs/heads/"):
-        return Ignored(f"push to {ref} is neither a branch nor a tag")
-    branch = ref.removeprefix("refs/heads/")
-    if deleted:
-        return Ignored(f"branch {branch} deleted")
-    if not _branch_allowed(branch, branches):
-        return Ignored(f"push to branch {branch}, which is not one of {sorted(branches or [])}")
-    repo = _text(payload, "repository.clone_url", "push")
-    after = _text(payload, "after", "push")
-    before = payload.get("before")
-    parameters = {"repo": repo, "ref": after}
-    if isinstance(before, str) and before and before != _ZERO_SHA:
-        parameters["base"] = before
-    return Trigger("integration", parameters, f"push to {branch} at {after[:12]}")
-
-
-def _route_pull_request(
-    payload: Mapping[str, Any], branches: Collection[str] | None
-) -> Trigger | Ignored:
-    action = _text(payload, "action", "pull_request")
-    if action not in PR_ACTIONS:
-        return Ignored(f"pull_request action {action!r} needs no run")
-    target = _text(payload, "pull_request.base.ref", "pull_request")
-    if not _branch_allowed(target, branches):
-        return Ignored(f"pull request into {target}, which is not one of {sorted(branches or [])}")
-    if _field(payload, "pull_request.head.repo", "pull_request") is None:
-        return Ignored("the pull request's head repository was deleted")
-    head_sha = _text(payload, "pull_request.head.sha", "pull_request")
-    number = payload.get("number", _field(payload, "pull_request", "pull_request").get("number"))
-    head_repo = _text(payload, "pull_request.head.repo.clone_url", "pull_request")
-    head_ref = _text(payload, "pull_request.head.ref", "pull_request")
-    return Trigger(
-        "pr-validation",
-        {
-            "repo": head_repo,
-            "ref": head_sha,
-            "base": _text(payload, "pull_request.base.sha", "pull_request"),
-            # cancel-in-progress: a newer push to the same branch cancels this run.
-            "group": f"{head_repo}#{head_ref}",
-        },
-        f"pull request #{number} {action} at {head_sha[:12]}",
-    )
-
-
-def _route_create(payload: Mapping[str, Any], tag_prefix: str) -> Trigger | Ignored:
-    ref_type = _text(payload, "ref_type", "create")
-    ref = _text(payload, "ref", "create")
-    if ref_type != "tag":
-        return Ignored(f"create of {ref_type} {ref} needs no run")
-    if not ref.startswith(tag_prefix):
-        return Ignored(f"tag {ref} does not start with {tag_prefix!r}")
-    repo = _text(payload, "repository.clone_url", "create")
-    return Trigger("release", {"repo": repo, "ref": ref}, f"tag {ref} created")
-
-
-def route_event(
-    event: str,
-    payload: Mapping[str, Any],
-    tag_prefix: str = "v",
-    branches: Collection[str] | None = None,
-) -> Trigger | Ignored:
-    """Map one webhook event to a pipeline run, or say why it needs none.
-
-    ``branches`` limits pushes (and pull requests, by target branch) to those
-    branches; ``None`` accepts all. Raises BadInput naming a missing field.
-    """
-    if event == "push":
-        return _route_push(payload, tag_prefix, branches)
-    if event == "pull_request":
-        return _route_pull_request(payload, branches)
-    if event == "create":
-        return _route_create(payload, tag_prefix)
-    if event == "ping":
-        return Ignored("ping: the hook is set up")
-    return Ignored(f"event {event!r} is not handled")
-
-
-def parse_event(
-    event: str,
-    payload: Mapping[str, Any],
-    tag_prefix: str = "v",
-    branches: Collection[str] | None = None,
-) -> Trigger | None:
-    """The trigger of an event, or None when it starts nothing (see route_event)."""
-    routed = route_event(event, payload, tag_prefix, branches)
-    return routed if isinstance(routed, Trigger) else None
-
-
-def decode_body(body: bytes, content_type: str) -> Any:
-    """The payload of a delivery: JSON, or GitHub's form encoding ``payload=<json>``."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput("body is not UTF-8") from None
-    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
-        values = parse_qs(text).get("payload")
-        if not values:
-            raise BadInput("form-encoded body has no 'payload' field")
-        text = values[0]
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"body is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
 @dataclass

@@ -24,16 +24,15 @@ can be pointed at other repositories without a redeploy.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cicd import command, paths
+from cicd import git, paths
 from cicd.errors import BadInput, InfrastructureError
 from cicd.locking import file_lock
 from deployments.webhook import Ignored, StartFn, Trigger
@@ -51,6 +50,24 @@ class PollTarget(BaseModel):
     repo: str = Field(min_length=1)
     branches: list[str] = ["main"]
     tag_prefix: str = "v"
+
+    # Checked when the target is read, so a bad address never reaches git (a
+    # repo of '--upload-pack=CMD@x:y' would run CMD: see cicd.git).
+    @field_validator("repo")
+    @classmethod
+    def _address(cls, repo: str) -> str:
+        try:
+            return git.check_repo_address(repo)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("branches")
+    @classmethod
+    def _branch_names(cls, branches: list[str]) -> list[str]:
+        try:
+            return [git.check_ref(b, what="branch") for b in branches]
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -126,7 +143,9 @@ def parse_ls_remote(output: str) -> RemoteRefs:
 
     An annotated tag is listed twice: ``refs/tags/v1`` (the tag object) and
     ``refs/tags/v1^{}`` (the commit it points to); the commit wins, so a
-    release runs on the same sha a webhook would report.
+    release runs on the same sha a webhook would report. Refs whose names are
+    not valid ref names or whose ids are not SHAs are left out: the remote is not
+    trusted, and its names become the ``ref`` of the runs we start.
     """
     branches: dict[str, str] = {}
     tags: dict[str, str] = {}
@@ -136,6 +155,8 @@ def parse_ls_remote(output: str) -> RemoteRefs:
         if len(parts) != 2:
             continue
         sha, ref = parts
+        if not _valid_listing(sha, ref):
+            continue
         if ref.startswith("refs/heads/"):
             branches[ref.removeprefix("refs/heads/")] = sha
         elif ref.startswith("refs/tags/"):
@@ -146,6 +167,16 @@ def parse_ls_remote(output: str) -> RemoteRefs:
                 tags[name] = sha
     tags.update({name: sha for name, sha in peeled.items() if name in tags})
     return RemoteRefs(branches=branches, tags=tags)
+
+
+def _valid_listing(sha: str, ref: str) -> bool:
+    try:
+        git.check_commit_sha(sha)
+        # The short name (a tag's is the ``ref`` of its release run) may not start with '-'.
+        git.check_ref(ref.removesuffix("^{}").removeprefix("refs/heads/").removeprefix("refs/tags/"))
+    except BadInput:
+        return False
+    return True
 
 
 def diff_refs(
@@ -248,16 +279,8 @@ def save_state(path: Path, state: Mapping[str, RemoteRefs]) -> None:
 
 
 def ls_remote(repo: str) -> RemoteRefs:
-    env = dict(os.environ)
-    # A poll must fail, not wait for a password nobody will type.
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    result = command.run(
-        ["git", "ls-remote", "--heads", "--tags", repo], env=env, timeout=LS_REMOTE_TIMEOUT
-    )
-    if not result.ok:
-        why = "timed out" if result.timed_out else f"exit {result.returncode}"
-        raise InfrastructureError(f"git ls-remote {repo} failed ({why}): {result.tail(5)}")
-    return parse_ls_remote(result.output)
+    """The branches and tags of ``repo`` (its address checked, passed after ``--``)."""
+    return parse_ls_remote(git.ls_remote(repo, timeout=LS_REMOTE_TIMEOUT))
 
 
 def poll_target(

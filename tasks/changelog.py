@@ -9,7 +9,6 @@ fixes), and commits that do not follow the convention still appear, under
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,11 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cicd import command
-from cicd.errors import BadInput, CicdError
+from cicd import git
+from cicd.errors import BadInput
 from tasks.publishing import PublishedFile
-
-GIT_TIMEOUT = 120.0
 
 # Section order of the changelog: most relevant to users first.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -73,22 +70,7 @@ class ChangelogGroup:
 
 
 # ---------------------------------------------------------------------------
-# git
-
-
-def _git(repo: Path, *args: str) -> command.CommandResult:
-    env = dict(os.environ)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    # Subjects in the user's language, but git's own messages must stay parseable.
-    env["LC_ALL"] = "C"
-    return command.run(["git", "-C", str(repo), *args], env=env, timeout=GIT_TIMEOUT)
-
-
-def _resolve(repo: Path, ref: str) -> str | None:
-    if ref.startswith("-"):
-        raise BadInput(f"unknown ref {ref!r}")
-    result = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
-    return result.output.strip() if result.ok else None
+# git (every call is in cicd.git; refs are checked there before use)
 
 
 def previous_tag(repo: Path, tag: str, match: str | None = None) -> str | None:
@@ -96,21 +78,12 @@ def previous_tag(repo: Path, tag: str, match: str | None = None) -> str | None:
 
     ``match`` (a glob such as ``v*``) ignores tags that are not releases.
     """
-    commit = _resolve(repo, tag)
+    commit = git.resolve_commit(repo, tag, what="tag")
     if commit is None:
-        raise BadInput(f"{repo}: unknown tag {tag!r}")
-    if _resolve(repo, f"{commit}^") is None:
+        raise BadInput(f"{repo}: unknown tag {git.shown(tag)}")
+    if git.resolve_commit(repo, f"{commit}^") is None:
         return None  # the tagged commit is the root commit: nothing came before
-    argv = ["describe", "--tags", "--abbrev=0"]
-    if match is not None:
-        argv += ["--match", match]
-    result = _git(repo, *argv, f"{commit}^")
-    if result.ok:
-        return result.output.strip()
-    text = result.output
-    if "No names found" in text or "No tags can describe" in text or "cannot describe" in text:
-        return None
-    raise CicdError(f"git describe in {repo} failed: {result.tail(5)}")
+    return git.nearest_tag(repo, f"{commit}^", match)
 
 
 def commits_between(
@@ -121,25 +94,22 @@ def commits_between(
     Merge commits are left out by default: their subjects ("Merge pull
     request ...") repeat the commits they bring in.
     """
-    until_sha = _resolve(repo, until)
+    until_sha = git.resolve_commit(repo, until)
     if until_sha is None:
-        raise BadInput(f"{repo}: unknown ref {until!r}")
+        raise BadInput(f"{repo}: unknown ref {git.shown(until)}")
     revs = until_sha
     if since is not None:
-        since_sha = _resolve(repo, since)
+        since_sha = git.resolve_commit(repo, since)
         if since_sha is None:
-            raise BadInput(f"{repo}: unknown ref {since!r}")
+            raise BadInput(f"{repo}: unknown ref {git.shown(since)}")
         revs = f"{since_sha}..{until_sha}"
-    # --topo-order: commits made within one second have equal dates, and date
-    # order would then mix them up; a child is always listed before its parent.
-    argv = ["log", "--topo-order", f"--format=%H{_FIELD}%s{_FIELD}%b{_RECORD}"]
-    if not include_merges:
-        argv.append("--no-merges")
-    result = _git(repo, *argv, revs, "--")
-    if not result.ok:
-        raise CicdError(f"git log {revs} in {repo} failed: {result.tail(5)}")
+    # --topo-order (in git.log): commits made within one second have equal dates,
+    # and date order would mix them up; a child is always listed before its parent.
+    output = git.log(
+        repo, revs, f"%H{_FIELD}%s{_FIELD}%b{_RECORD}", include_merges=include_merges
+    )
     commits: list[Commit] = []
-    for record in result.output.split(_RECORD):
+    for record in output.split(_RECORD):
         record = record.strip("\n")
         if not record:
             continue

@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
 from prefect import task
 
 from cicd import command, paths
 from cicd.config import EnvironmentConfig, PipelineConfig, SuiteConfig
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
+from cicd.git import shown
 from cicd.locking import file_lock
 
 READY_MARKER = ".cicd-ready"
@@ -82,6 +84,28 @@ def _dependency_files(workspace: Path) -> list[Path]:
     return [p for p in candidates if p.is_file()]
 
 
+def requirement_strings(config: EnvironmentConfig, packages: Iterable[str] = ()) -> list[str]:
+    """``environment.packages`` and our tool packages as PEP 508 requirement strings, sorted.
+
+    Each entry is parsed with packaging (https://packaging.pypa.io/en/stable/requirements.html)
+    and passed on as it re-prints, after ``--``: ``--target=/elsewhere``, ``-e .`` or
+    ``-r file`` would otherwise be installer options that write or read outside
+    the workspace. Refused entries name their field and index (BadInput, exit 2).
+    """
+    parsed: set[str] = set()
+    for where, entries in (("environment.packages", config.packages), ("tool packages", packages)):
+        for index, entry in enumerate(entries):
+            try:
+                parsed.add(str(Requirement(entry)))
+            except (InvalidRequirement, TypeError) as exc:
+                reason = str(exc).splitlines()[0][:120]
+                raise BadInput(
+                    f"cicd.yaml: field '{where}[{index}]': {shown(str(entry))} is not a "
+                    f"PEP 508 requirement ({reason})"
+                ) from None
+    return sorted(parsed)
+
+
 def environment_key(workspace: Path, config: EnvironmentConfig, packages: list[str]) -> str:
     """The hash of everything that decides what the environment contains."""
     digest = hashlib.sha256()
@@ -91,7 +115,7 @@ def environment_key(workspace: Path, config: EnvironmentConfig, packages: list[s
                 "layout": LAYOUT_VERSION,
                 "python": config.python,
                 "extras": sorted(config.extras),
-                "packages": sorted({*config.packages, *packages}),
+                "packages": requirement_strings(config, packages),
                 "platform": sys.platform,
             },
             sort_keys=True,
@@ -114,8 +138,8 @@ def _install_argv(
         raise BadInput(f"environment.extras {config.extras} needs a pyproject.toml in the target")
     for requirements in sorted(workspace.glob("requirements*.txt")):
         argv += ["-r", str(requirements)]
-    argv += sorted({*config.packages, *packages})
-    return argv
+    # Everything after "--" is a requirement, never an option (uv and pip both stop there).
+    return [*argv, "--", *requirement_strings(config, packages)]
 
 
 def _interpreter_version(python: Path) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -336,6 +337,41 @@ def test_deleted_head_repository_is_ignored() -> None:
     payload["pull_request"]["head"]["repo"] = None
     routed = route_event("pull_request", payload)
     assert isinstance(routed, Ignored) and "deleted" in routed.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("repository.clone_url", "--upload-pack=touch pwned@x:y", "starts with '-'"),
+        ("repository.clone_url", "ext::sh -c touch% pwned", "transport"),
+        ("repository.clone_url", "/srv/git/app.git", "must be a remote URL"),
+        ("repository.clone_url", "http://git.example.com/a.git", "scheme"),
+        ("after", "--output=pwned", "full hex commit SHA"),
+        ("before", "HEAD~1", "full hex commit SHA"),
+    ],
+)
+def test_push_values_are_checked_before_a_trigger_exists(field: str, value: str, why: str) -> None:
+    payload = push("refs/heads/main")
+    if field == "repository.clone_url":
+        payload["repository"]["clone_url"] = value
+    else:
+        payload[field] = value
+    with pytest.raises(BadInput, match=rf"push event: field '{re.escape(field)}' .*{why}"):
+        route_event("push", payload)
+
+
+def test_tag_and_branch_names_must_be_valid_refs() -> None:
+    with pytest.raises(BadInput, match=r"field 'ref' 'v1\.\.2'"):
+        route_event("push", push("refs/tags/v1..2"))
+    payload = pull_request("opened")
+    payload["pull_request"]["head"]["ref"] = "-x"
+    with pytest.raises(BadInput, match=r"pull_request\.head\.ref"):
+        route_event("pull_request", payload)
+    # What git hosts send is still accepted: https, ssh and scp-like addresses.
+    for url in ("ssh://git@git.example.com/acme/app.git", "git@git.example.com:acme/app.git"):
+        payload = push("refs/heads/main")
+        payload["repository"]["clone_url"] = url
+        assert isinstance(route_event("push", payload), Trigger)
 
 
 # ------------------------------------------------------------ start_with_prefect

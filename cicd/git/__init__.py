@@ -1,0 +1,349 @@
+"""Every git call of cicd-flows, and the checks that keep user input data.
+
+Like pre-commit's ``git.py`` (https://github.com/pre-commit/pre-commit/blob/main/pre_commit/git.py),
+no other module runs git: one private runner gives every call the same safe
+environment, and every value that comes from a user, a webhook or a repository
+is checked here and passed after ``--`` (or ``--end-of-options``), so it can
+never be read as an option. ``git clone --mirror --upload-pack=CMD@x:y`` would
+run CMD; ``ext::sh -c ...`` would too (https://git-scm.com/docs/git-remote-ext).
+
+Checkouts: a bare mirror per repository address is kept under
+``$CICD_HOME/mirrors`` and updated on every run; each run clones it
+(``--shared``, so no objects are copied) into a fresh workspace. The user's
+working tree is only ever read by ``git clone``/``git fetch``, never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cicd import command, paths
+from cicd.errors import BadInput, InfrastructureError
+from cicd.git.inputs import (
+    check_commit_sha,
+    check_ref,
+    check_repo_address,
+    is_remote,
+    shown,
+    validate_repo_address,
+)
+from cicd.locking import file_lock
+
+__all__ = [
+    "Checkout",
+    "GitResult",
+    "changed_files",
+    "check_commit_sha",
+    "check_ref",
+    "check_repo_address",
+    "checkout",
+    "commit_timestamp",
+    "is_remote",
+    "log",
+    "ls_remote",
+    "mirror_path",
+    "nearest_tag",
+    "normalize_repo",
+    "remove_workspace",
+    "resolve_commit",
+    "resolve_ref",
+    "run_in",
+    "shown",
+    "tracked_entries",
+    "update_mirror",
+    "validate_repo_address",
+]
+
+GIT_TIMEOUT = 300.0
+# Honoured by git itself, whatever the user's, the repository's or a remote's
+# configuration says (https://git-scm.com/docs/git#Documentation/git.txt-GITALLOWPROTOCOL,
+# https://git-scm.com/docs/git-config#Documentation/git-config.txt-protocolallow):
+# ``ext::`` (runs a command) and ``fd::`` are refused by git even if a check here were missed.
+ALLOWED_PROTOCOLS = "file:https:ssh"
+# Options for every call. Hooks would run code from a directory we do not own
+# (https://git-scm.com/docs/githooks, core.hooksPath); an fsmonitor set in a
+# workspace's .git/config by test code would run on the next index refresh
+# (https://git-scm.com/docs/git-config#Documentation/git-config.txt-corefsmonitor).
+_SAFE_OPTIONS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+# What survives of the caller's GIT_* variables (as pre-commit's no_git_env):
+# GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE, GIT_CONFIG_PARAMETERS... would point
+# git at another repository or inject configuration (https://git-scm.com/docs/git#_environment_variables).
+_KEPT_GIT_VARIABLES = frozenset(
+    {"GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_NO_VERIFY", "GIT_ASKPASS",
+     "GIT_HTTP_PROXY_AUTHMETHOD", "GIT_EXEC_PATH", "GIT_CONFIG_GLOBAL"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Checkout:
+    repo: str
+    ref: str
+    commit: str
+    path: Path
+    mirror: Path
+
+
+@dataclass(frozen=True)
+class GitResult:
+    args: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    @property
+    def output(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+    def tail(self, lines: int = 5) -> str:
+        text = self.stderr.strip() or self.output.strip()
+        if self.timed_out:
+            text += "\n(timed out)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEPT_GIT_VARIABLES
+    }
+    # A worker has nobody to type a password: fail instead of waiting forever.
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    # The machine's /etc/gitconfig is not ours (hooks, helpers, url rewrites).
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    env["GIT_ALLOW_PROTOCOL"] = ALLOWED_PROTOCOLS
+    # git's own messages stay English: some are parsed ("No names found").
+    env["LC_ALL"] = "C"
+    env.pop("LANGUAGE", None)
+    env.update(extra or {})
+    return env
+
+
+def _run(
+    *args: str | Path, timeout: float = GIT_TIMEOUT, env: Mapping[str, str] | None = None
+) -> GitResult:
+    """The one runner: safe options and environment, whole stdout kept.
+
+    Not ``command.run``: it keeps only the tail of the output and merges
+    stderr into it, and listings (ls-files, ls-remote, log) must be read
+    whole. Its process-group register and kill path are used, so a cancelled
+    run still reaps a hanging fetch and its ssh child.
+    """
+    argv = ["git", *_SAFE_OPTIONS, *map(str, args)]
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_environment(env),
+        start_new_session=True,
+    )
+    command.register_group(proc.pid)
+    timed_out = False
+    try:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            command.terminate_group(proc.pid, grace=1.0)
+            out, err = proc.communicate()
+    except BaseException:
+        command.terminate_group(proc.pid, grace=1.0)
+        raise
+    finally:
+        command.unregister_group(proc.pid)
+    return GitResult(tuple(argv[1:]), proc.returncode, out, err.decode(errors="replace"), timed_out)
+
+
+def run_in(
+    repo: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> str:
+    """Run ``git -C repo ARGS`` with our own arguments (never user input); its stdout.
+
+    For repositories cicd-flows creates itself (the sample project, test scenarios).
+    """
+    result = _run("-C", repo, *args, env=env, timeout=timeout)
+    if not result.ok:
+        raise InfrastructureError(f"git {' '.join(args)} failed in {repo}: {result.tail()}")
+    return result.output.strip()
+
+
+# --- checkouts -------------------------------------------------------------------------
+
+
+def normalize_repo(repo: str) -> str:
+    """An absolute path for local repositories; URLs as given. BadInput when invalid."""
+    repo = validate_repo_address(repo)
+    if is_remote(repo):
+        return repo
+    probe = _run("-C", repo, "rev-parse", "--git-dir", timeout=60)
+    if not probe.ok:
+        raise BadInput(f"{shown(repo)} is not a git repository")
+    return repo
+
+
+def mirror_path(repo: str) -> Path:
+    digest = hashlib.sha256(repo.encode()).hexdigest()[:16]
+    name = Path(repo.rstrip("/")).name.removesuffix(".git") or "repo"
+    return paths.mirrors() / f"{name}-{digest}"
+
+
+def update_mirror(repo: str) -> Path:
+    """Create or refresh the bare mirror of ``repo``; returns its path."""
+    repo = check_repo_address(repo)
+    mirror = mirror_path(repo)
+    with file_lock(mirror.with_name(mirror.name + ".lock")):
+        if not (mirror / "HEAD").is_file():
+            shutil.rmtree(mirror, ignore_errors=True)
+            result = _run("clone", "--mirror", "--quiet", "--", repo, mirror)
+            if not result.ok:
+                shutil.rmtree(mirror, ignore_errors=True)
+                raise _fetch_error(repo, result)
+        else:
+            result = _run("-C", mirror, "fetch", "--prune", "--tags", "--force", "origin")
+            if not result.ok:
+                raise _fetch_error(repo, result)
+    return mirror
+
+
+def _fetch_error(repo: str, result: GitResult) -> Exception:
+    text = result.tail(5)
+    if not is_remote(repo) or "not found" in text.lower() or "does not appear" in text:
+        return BadInput(f"cannot read repository {shown(repo)}: {text}")
+    # Network and server trouble: worth a retry.
+    return InfrastructureError(f"git fetch of {shown(repo)} failed: {text}")
+
+
+def resolve_commit(repo: Path, ref: str, *, what: str = "ref") -> str | None:
+    """The commit SHA ``ref`` names in ``repo``, None when it names none; BadInput when
+    ``ref`` is not a valid ref at all."""
+    check_ref(ref, what=what)
+    result = _run(
+        "-C", repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"
+    )
+    return result.output.strip() if result.ok else None
+
+
+def resolve_ref(mirror: Path, ref: str) -> str:
+    """The commit SHA that ``ref`` (branch, tag, SHA, HEAD~1, ...) names in the mirror."""
+    commit = resolve_commit(mirror, ref)
+    if commit is None:
+        raise BadInput(f"unknown ref {shown(ref)}")
+    return commit
+
+
+def checkout(repo: str, ref: str) -> Checkout:
+    """Fetch ``repo`` and check ``ref`` out into a new workspace."""
+    check_ref(ref)  # before any fetch: bad input costs nothing
+    repo = normalize_repo(repo)
+    mirror = update_mirror(repo)
+    commit = resolve_ref(mirror, ref)
+    dest = paths.workspaces() / f"{commit[:12]}-{uuid.uuid4().hex[:8]}"
+    result = _run("clone", "--quiet", "--shared", "--no-checkout", "--", mirror, dest)
+    if result.ok:
+        # A full hex SHA, never an option (checkout has no --end-of-options in git 2.39).
+        result = _run("-C", dest, "checkout", "--quiet", "--detach", check_commit_sha(commit))
+    if not result.ok:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise InfrastructureError(f"checkout of {commit} failed: {result.tail(5)}")
+    return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror)
+
+
+def remove_workspace(path: Path) -> None:
+    if path.is_relative_to(paths.workspaces()):
+        shutil.rmtree(path, ignore_errors=True)
+        # What environments.install_project put beside it, one per Python version.
+        for site in path.parent.glob(f"{path.name}.site-py*"):
+            shutil.rmtree(site, ignore_errors=True)
+
+
+# --- reading history -------------------------------------------------------------------
+
+
+def changed_files(mirror: Path, base: str, commit: str) -> list[str]:
+    """Paths that differ between ``base`` and ``commit`` (for change detection)."""
+    base_sha = resolve_commit(mirror, base, what="base")
+    if base_sha is None:
+        raise BadInput(f"unknown base ref {shown(base)}")
+    commit = check_commit_sha(commit)
+    result = _run(
+        "-C", mirror, "diff", "--name-only", "-z", "--end-of-options", base_sha, commit, "--"
+    )
+    if not result.ok:
+        raise InfrastructureError(f"git diff {base_sha}..{commit} failed: {result.tail(5)}")
+    return [name for name in result.stdout.decode(errors="surrogateescape").split("\0") if name]
+
+
+def tracked_entries(workspace: Path) -> list[str]:
+    """Every entry of ``git ls-files -s`` (``mode oid stage\tpath``), sorted.
+
+    Read whole: a runner that kept only the tail of the listing would lose its
+    first entries, and a change to them would be served its parent's cached result.
+    """
+    result = _run("-C", workspace, "ls-files", "-s", "-z")
+    if not result.ok:
+        raise InfrastructureError(f"git ls-files in {workspace} failed: {result.tail()}")
+    listing = result.stdout.decode(errors="surrogateescape")
+    return sorted(entry for entry in listing.split("\0") if entry)
+
+
+def commit_timestamp(repo: Path, commit: str) -> int:
+    """The committer date of ``commit`` in ``repo``, in seconds since the epoch."""
+    sha = resolve_commit(repo, commit, what="commit")
+    if sha is None:
+        raise BadInput(f"{repo}: unknown commit {shown(commit)}")
+    result = _run("-C", repo, "log", "-1", "--format=%ct", "--end-of-options", sha, "--")
+    if not result.ok or not result.output.strip().isdigit():
+        raise InfrastructureError(f"git log of {sha} in {repo} failed: {result.tail()}")
+    return int(result.output.strip())
+
+
+def nearest_tag(repo: Path, commit: str, match: str | None = None) -> str | None:
+    """The nearest tag reachable from ``commit`` (a SHA), or None when there is none.
+
+    ``match`` is a glob such as ``v*``, attached to its option so that it is
+    never read as one.
+    """
+    argv = ["describe", "--tags", "--abbrev=0"]
+    if match is not None:
+        argv.append(f"--match={match}")
+    result = _run("-C", repo, *argv, "--end-of-options", check_ref(commit, what="commit"))
+    if result.ok:
+        return result.output.strip()
+    text = result.stderr
+    if "No names found" in text or "No tags can describe" in text or "cannot describe" in text:
+        return None
+    raise InfrastructureError(f"git describe in {repo} failed: {result.tail()}")
+
+
+def log(repo: Path, revisions: str, fmt: str, *, include_merges: bool = True) -> str:
+    """``git log --topo-order --format=FMT REVISIONS``, whole (``A..B`` of checked SHAs)."""
+    for part in revisions.split(".."):
+        check_ref(part, what="revision")
+    argv = ["log", "--topo-order", f"--format={fmt}"]
+    if not include_merges:
+        argv.append("--no-merges")
+    result = _run("-C", repo, *argv, "--end-of-options", revisions, "--", timeout=120)
+    if not result.ok:
+        raise InfrastructureError(f"git log {revisions} in {repo} failed: {result.tail()}")
+    return result.output
+
+
+def ls_remote(repo: str, *, timeout: float = 120.0) -> str:
+    """``git ls-remote --heads --tags -- REPO``, whole (the poller's view of a remote)."""
+    repo = check_repo_address(repo)
+    result = _run("ls-remote", "--heads", "--tags", "--", repo, timeout=timeout)
+    if not result.ok:
+        why = "timed out" if result.timed_out else f"exit {result.returncode}"
+        raise InfrastructureError(f"git ls-remote {repo} failed ({why}): {result.tail()}")
+    return result.output
