@@ -130,17 +130,21 @@ def _route_pull_request(
     head_repo = _repo(payload, "pull_request.head.repo.clone_url", "pull_request")
     head_ref = _text(payload, "pull_request.head.ref", "pull_request")
     head_ref = _ref_name(head_ref, "pull_request.head.ref", "pull_request")
-    return Trigger(
-        "pr-validation",
-        {
-            "repo": head_repo,
-            "ref": head_sha,
-            "base": _sha(payload, "pull_request.base.sha", "pull_request"),
-            # cancel-in-progress: a newer push to the same branch cancels this run.
-            "group": f"{head_repo}#{head_ref}",
-        },
-        f"pull request #{number} {action} at {head_sha[:12]}",
-    )
+    parameters: dict[str, Any] = {
+        "repo": head_repo,
+        "ref": head_sha,
+        "base": _sha(payload, "pull_request.base.sha", "pull_request"),
+        # cancel-in-progress: a newer push to the same branch cancels this run.
+        "group": f"{head_repo}#{head_ref}",
+    }
+    base_repo = _field(payload, "pull_request.base.repo", "pull_request")
+    if not isinstance(base_repo, Mapping) or base_repo.get("clone_url") != head_repo:
+        # A pull request from a fork runs code nobody here reviewed: no secret
+        # reaches it, as GitHub passes none to workflows of such pull requests
+        # (https://docs.github.com/en/actions/security-for-github-actions/security-guides/using-secrets-in-github-actions).
+        parameters["untrusted"] = True
+    summary = f"pull request #{number} {action} at {head_sha[:12]}"
+    return Trigger("pr-validation", parameters, summary)
 
 
 def _route_create(payload: Mapping[str, Any], tag_prefix: str) -> Trigger | Ignored:

@@ -157,10 +157,29 @@ def test_pull_request_starts_pr_validation_on_the_head_repo(
 ) -> None:
     response = post(receiver, "pull_request", pull_request(action))
     assert response.status_code == 202, response.text
+    # From a fork: untrusted, no secret reaches it.
     assert recorder.calls == [
         (
             "pr-validation",
-            {"repo": FORK_REPO, "ref": SHA_C, "base": SHA_A, "group": f"{FORK_REPO}#feature"},
+            {"repo": FORK_REPO, "ref": SHA_C, "base": SHA_A, "group": f"{FORK_REPO}#feature",
+             "untrusted": True},
+        )
+    ]  # fmt: skip
+
+
+def test_pull_request_from_a_branch_of_the_same_repo_is_trusted(
+    receiver: WebhookServer, recorder: Recorder
+) -> None:
+    event = pull_request("opened")
+    event["pull_request"]["head"]["repo"] = {"clone_url": BASE_REPO}
+
+    response = post(receiver, "pull_request", event)
+
+    assert response.status_code == 202, response.text
+    assert recorder.calls == [
+        (
+            "pr-validation",
+            {"repo": BASE_REPO, "ref": SHA_C, "base": SHA_A, "group": f"{BASE_REPO}#feature"},
         )
     ]
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tasks.jobs import Deadline, run_step
+from tasks.job import Deadline, run_step
 
 from cicd import paths
 from cicd.config import EnvironmentConfig, SuiteConfig
