@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tasks.job import Deadline, run_step
 
 from cicd import paths
 from cicd.config import EnvironmentConfig, SuiteConfig
@@ -28,6 +27,7 @@ from cicd.errors import BadInput
 from cicd.sandbox import SANDBOX_UID, Sandbox, SandboxUnavailable, job_environment
 from cicd.sandbox_step import step_sandbox
 from tasks.environments import ensure_environment
+from tasks.job import Deadline, run_step
 from tasks.testing import run_suite
 
 AVAILABILITY = Sandbox.available()
