@@ -22,13 +22,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 from prefect import task
 
 from cicd import command, paths
 from cicd.config import EnvironmentConfig, PipelineConfig, SuiteConfig
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
-from cicd.git import shown
 from cicd.locking import file_lock
 
 READY_MARKER = ".cicd-ready"
@@ -87,23 +86,13 @@ def _dependency_files(workspace: Path) -> list[Path]:
 def requirement_strings(config: EnvironmentConfig, packages: Iterable[str] = ()) -> list[str]:
     """``environment.packages`` and our tool packages as PEP 508 requirement strings, sorted.
 
-    Each entry is parsed with packaging (https://packaging.pypa.io/en/stable/requirements.html)
-    and passed on as it re-prints, after ``--``: ``--target=/elsewhere``, ``-e .`` or
-    ``-r file`` would otherwise be installer options that write or read outside
-    the workspace. Refused entries name their field and index (BadInput, exit 2).
+    The config schema refused every entry that is not a requirement
+    (``cicd.config_schema``); each is passed on as packaging re-prints it
+    (https://packaging.pypa.io/en/stable/requirements.html), after ``--``, so
+    that nothing can become an installer option (``--target=/elsewhere``,
+    ``-e .``, ``-r file``) that writes or reads outside the workspace.
     """
-    parsed: set[str] = set()
-    for where, entries in (("environment.packages", config.packages), ("tool packages", packages)):
-        for index, entry in enumerate(entries):
-            try:
-                parsed.add(str(Requirement(entry)))
-            except (InvalidRequirement, TypeError) as exc:
-                reason = str(exc).splitlines()[0][:120]
-                raise BadInput(
-                    f"cicd.yaml: field '{where}[{index}]': {shown(str(entry))} is not a "
-                    f"PEP 508 requirement ({reason})"
-                ) from None
-    return sorted(parsed)
+    return sorted({str(Requirement(entry)) for entry in (*config.packages, *packages)})
 
 
 def environment_key(workspace: Path, config: EnvironmentConfig, packages: list[str]) -> str:

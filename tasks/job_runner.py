@@ -153,12 +153,17 @@ def job_task(job: Job, run: PipelineRun, workspace: Path) -> JobOutcome:
     return Failed(message=f"{result.name} {result.state.value}: {result.reason}", data=result)
 
 
+def task_run_name(job: Job) -> str:
+    """The job's name in the Prefect UI: ``tests-unit``, ``quality``, ``matrix-py3.12``."""
+    return job.name if job.name.startswith(job.kind) else f"{job.kind}-{job.name}"
+
+
 def submit(job: Job, run: PipelineRun, workspace: Path) -> JobFuture:
     """Start ``job`` as a task of the current flow (in its task runner)."""
     key = cache_key(job)
     options: dict[str, Any] = {
         "name": job.kind,
-        "task_run_name": job.name,
+        "task_run_name": task_run_name(job),
         "retries": INFRASTRUCTURE_RETRIES,
         "retry_delay_seconds": RETRY_DELAYS,
         "retry_condition_fn": retry_on_infrastructure,

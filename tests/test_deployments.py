@@ -355,7 +355,8 @@ def test_prefect_deployment_run_of_pr_validation_completes(
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         )
-    states = {t.name.rsplit("-", 1)[0]: t.state_name for t in task_runs}
+    # Job task runs are named after their jobs (tasks/job_runner.task_run_name).
+    states = {t.name: t.state_name for t in task_runs}
     for job in ("quality", "tests-unit", "tests-framework"):
         assert states.get(job) in ("Completed", "Cached"), states
 

@@ -356,7 +356,7 @@ def test_a_real_pytest_suite_passes_confined_in_the_sample_environment(
         env = ensure_environment(workspace, EnvironmentConfig(extras=["dev"]))
         suite = SuiteConfig(paths=["tests/unit"], coverage=["src/agentkit"], timeout=300)
 
-        result = run_suite("unit", workspace, env, suite, reports)
+        result = run_suite("unit", workspace, env, suite, reports, Deadline(suite.timeout))
 
         assert result.state.ok, (result.reason, result.steps[0].output_tail)
         assert result.tests is not None and result.tests.failed == 0
