@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from cicd import masking
+
 # How long a group gets between SIGTERM and SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
 # How long we wait for SIGKILLed processes to be gone (they can sit in
@@ -250,7 +252,7 @@ def _read_tail(sink: IO[bytes]) -> str:
         while cut < min(3, len(data)) and data[cut] & 0xC0 == 0x80:
             cut += 1
         data = data[cut:]
-    return data.decode("utf-8", errors="replace")[-OUTPUT_TAIL_CHARS:]
+    return masking.mask(data.decode("utf-8", errors="replace")[-OUTPUT_TAIL_CHARS:])
 
 
 def _append_log(
@@ -259,14 +261,19 @@ def _append_log(
     sink: IO[bytes],
     footer: str,
 ) -> None:
-    """Copy the whole output to the log, streaming (never all in memory)."""
+    """Copy the whole output to the log, streaming (never all in memory), with
+    every secret in use masked (a test may print the password it was given)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sink.seek(0)
     with log_path.open("a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(argv)}\n")
+        log.write(masking.mask(f"$ {' '.join(argv)}\n"))
         text = io.TextIOWrapper(sink, encoding="utf-8", errors="replace", newline="")
         try:
-            shutil.copyfileobj(text, log)
+            if masking.registered():
+                for line in text:
+                    log.write(masking.mask(line))
+            else:
+                shutil.copyfileobj(text, log)
         finally:
             text.detach()  # the sink is closed by its owner
         log.write(footer)

@@ -8,8 +8,9 @@ Two channels, both optional (``cicd.yaml`` ``notify:``):
 * ``block``: a saved Prefect notification block (SlackWebhook,
   CustomWebhookNotificationBlock, ...), by ``<block-type-slug>/<name>`` or by bare
   name. Apprise-based blocks swallow delivery failures and return ``None``
-  (shared notes, pitfall 12), so ``notify`` is called inside the block's
-  ``raise_on_failure()`` context.
+  (https://github.com/PrefectHQ/prefect/issues/19564 shows one), so ``notify``
+  is called inside the block's ``raise_on_failure()`` context
+  (https://github.com/prefect-archive/prefect-slack/pull/70).
 
 A failed notification must never fail the pipeline it reports on (the report
 would replace the real failure), but it must not vanish either: :func:`notify`

@@ -81,8 +81,8 @@ def llm_session(
                     "Prefect Secret block holding the upstream API key"
                 ],
             )
-        # load_api_key also installs the log redactor for it: Prefect does not
-        # redact secrets from logs by itself (shared notes).
+        # load_api_key also registers it with cicd.masking: Prefect ships log
+        # records as they are, a Secret block hides its value only in its repr.
         api_key = load_api_key(config.llm.api_key_secret)
     gateway = gateway_from_config(
         config.llm,

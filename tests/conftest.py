@@ -3,7 +3,7 @@
 Prefect reads its settings when it is imported, so the environment is set at
 import time of this module, before any test module imports Prefect. Result
 storage is isolated too (the test harness alone would isolate only the
-database; see shared notes, pitfall 4).
+database: results and caches go to ``PREFECT_HOME/storage``).
 """
 
 from __future__ import annotations

@@ -111,3 +111,21 @@ def test_redaction_keeps_its_names_and_feeds_the_one_registry() -> None:
     assert redact(f"a {secret} b", [secret]) == f"a {MASK} b"
     own = SecretRedactor([fresh_secret()])
     assert isinstance(own, MaskingFilter) and secret not in own.secrets
+
+
+def test_a_command_that_prints_a_secret_in_use_shows_it_nowhere(tmp_path: Path) -> None:
+    import sys
+
+    from cicd import command
+
+    secret = f"db-password-{uuid.uuid4().hex}"
+    masking.register([secret])
+    log = tmp_path / "job.log"
+
+    result = command.run(
+        [sys.executable, "-c", f"print('connecting with', {secret!r})"], log_path=log
+    )
+
+    assert result.ok
+    assert secret not in result.output and MASK in result.output
+    assert secret not in log.read_text() and MASK in log.read_text()
