@@ -22,7 +22,7 @@ from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome, finish
 from flows.opening import Opened, open_pipeline
 from tasks.job import Job
-from tasks.job_runner import collect, run_job, submit_all
+from tasks.job_runner import collect, passed_before, run_job, submit_all
 from tasks.quality import quality_jobs
 from tasks.testing import suite_jobs
 from tasks.usage import LlmBudgetJob, LlmSession, llm_session
@@ -81,19 +81,24 @@ def pr_validation(
     with open_pipeline(FLOW_NAME, repo, ref) as opened:
         run, checkout, config = opened.run, opened.checkout, opened.config
 
-        # on: pull_request: paths-ignore (docs) -> nothing to run
-        reason = opened.skip_reason(base)
-        if reason is not None:
-            skipped = [
-                JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in job_names(config)
-            ]
-            return finish(run.report(checkout, ref, skipped))
-
         # - run: pip install -e ".[dev]"   (reused while the dependency inputs are unchanged)
         suites = pr_suites(config)
         env = opened.environment(config.tests[name] for name in suites)
         # Instant reruns: a job whose inputs are unchanged is served from the cache.
         source = source_fingerprint(checkout.path, config.ignore_paths)
+
+        # on: pull_request: paths-ignore (docs) -> nothing to run, but only when
+        # every job already passed on these inputs: docs do not make a red commit green.
+        reason = opened.skip_reason(base)
+        planned: list[Job] = [
+            *quality_jobs(config.quality, env, source),
+            *suite_jobs(config, suites, env, source),
+        ]
+        if reason is not None and all(passed_before(job) for job in planned):
+            skipped = [
+                JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in job_names(config)
+            ]
+            return finish(run.report(checkout, ref, skipped))
 
         # jobs: quality, unit-tests, framework-tests (in parallel)
         with mock_llm(opened, ref, untrusted) as llm:

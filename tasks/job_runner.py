@@ -177,6 +177,17 @@ def submit(job: Job, run: PipelineRun, workspace: Path) -> JobFuture:
     return job_task.with_options(**options).submit(job, run, workspace)
 
 
+def passed_before(job: Job) -> bool:
+    """True when a pass of ``job``'s very inputs is in the cache (only passes
+    are ever written there), so running it again could only say the same."""
+    # The store every job task writes to (the default result storage: jobs set
+    # none of their own), not the flow run's, which may be configured apart.
+    from prefect.results import ResultStore
+
+    key = cache_key(job)
+    return key is not None and ResultStore().exists(key)
+
+
 def run_job(job: Job, run: PipelineRun, workspace: Path) -> JobResult:
     """Run one job to its end (a step that the next one needs, e.g. build)."""
     return job_result(job.name, submit(job, run, workspace))

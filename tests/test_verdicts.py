@@ -21,9 +21,10 @@ from tests.sample_repos import commit_on_branch
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def run_json(repo: Path, ref: str) -> tuple[int, dict[str, Any]]:
+def run_json(repo: Path, ref: str, *more: str) -> tuple[int, dict[str, Any]]:
+    argv = [str(BIN / "cicd"), "run", "pr-validation", "--repo", str(repo), "--ref", ref]
     result = subprocess.run(
-        [str(BIN / "cicd"), "run", "pr-validation", "--repo", str(repo), "--ref", ref, "--json"],
+        [*argv, "--json", *more],
         capture_output=True,
         text=True,
         timeout=900,
@@ -110,3 +111,23 @@ def test_a_change_to_the_first_file_of_a_large_repo_is_not_served_its_parents_re
 
     assert code == 1
     assert states(report) == {"unit": "failed"}
+
+
+def test_a_docs_only_change_on_a_failing_commit_still_fails(sample_repos: dict[str, Path]) -> None:
+    repo = sample_repos["agentkit"]
+    with commit_on_branch(repo, "red-base", "test: a failing test"):
+        unit_suite_only(repo)
+        (repo / "tests" / "unit" / "test_red_base.py").write_text(
+            "def test_red_base() -> None:\n    assert sum([2, 2]) == 5\n"
+        )
+    with commit_on_branch(repo, "red-docs", "docs: more words", base="red-base"):
+        usage = repo / "docs" / "usage.md"
+        usage.write_text(usage.read_text() + "\nMore words.\n")
+
+    first, _ = run_json(repo, "red-base")
+    code, report = run_json(repo, "red-docs", "--base", "red-base")
+
+    assert first == 1
+    # Only ignored paths changed, but the jobs never passed on these inputs: they run.
+    assert code == 1
+    assert states(report)["unit"] == "failed"
