@@ -12,13 +12,14 @@ from typing import Any, Final
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from cicd.changes import source_fingerprint
 from cicd.config import LlmMode, PipelineConfig
 from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome, finish
 from flows.opening import open_pipeline
 from tasks.benchmarks import JOB_NAME as BENCHMARK_JOB
 from tasks.benchmarks import BenchmarkJob
-from tasks.job_runner import collect, run_job, submit_all
+from tasks.job_runner import collect, passed_before, run_job, submit_all
 from tasks.testing import suite_jobs
 from tasks.usage import BUDGET_JOB, LlmBudgetJob, llm_session
 
@@ -48,15 +49,19 @@ def integration(
         settings = config.settings(FLOW_NAME)
         suites = integration_suites(config)
 
-        # on: push: paths-ignore (docs) -> nothing to run
+        # - run: pip install -e ".[dev,integration]"
+        env = opened.environment(config.tests[name] for name in suites)
+
+        # on: push: paths-ignore (docs) -> nothing to run, but only when every job
+        # already passed on these inputs (as in pr-validation): the agent suites
+        # talk to an LLM and are never cached, so with them a push always runs.
         reason = opened.skip_reason(base)
-        if reason is not None:
+        source = source_fingerprint(checkout.path, config.ignore_paths)
+        planned = suite_jobs(config, suites, env, source)
+        if reason is not None and all(passed_before(job) for job in planned):
             names = [*suites, BUDGET_JOB] + ([BENCHMARK_JOB] if config.benchmarks else [])
             skipped = [JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in names]
             return finish(run.report(checkout, ref, skipped))
-
-        # - run: pip install -e ".[dev,integration]"
-        env = opened.environment(config.tests[name] for name in suites)
 
         # agent-tests: services: neo4j; env: USE_MOCK_LLM -> the gateway in `mode`
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
