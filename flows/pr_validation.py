@@ -102,10 +102,13 @@ def pr_validation(
 
         # jobs: quality, unit-tests, framework-tests (in parallel)
         with mock_llm(opened, ref, untrusted) as llm:
-            jobs: list[Job] = [
-                *quality_jobs(config.quality, env, source),
-                *suite_jobs(config, suites, env, source, llm.env if llm else None),
-            ]
+            # The planned jobs, unless a suite needs the gateway's variables.
+            jobs = planned
+            if llm is not None:
+                jobs = [
+                    *quality_jobs(config.quality, env, source),
+                    *suite_jobs(config, suites, env, source, llm.env),
+                ]
             results = collect(submit_all(jobs, run, checkout.path))
         if llm is not None:
             passed = all(result.state.ok for result in results)
