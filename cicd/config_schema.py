@@ -263,6 +263,9 @@ class BenchmarkConfig(_Model):
     baseline: RepoPath = "benchmarks/baseline.json"
     threshold: float = Field(default=0.10, gt=0, le=100, allow_inf_nan=False)
     rounds: int = Field(default=5, ge=1, le=100)
+    # Fresh rounds per side for the suspects of the first comparison (raised as
+    # needed for Holm's correction: tasks/benchmark_stats.py).
+    confirm_rounds: int = Field(default=7, ge=2, le=100)
     timeout: Seconds = 900
 
 

@@ -23,27 +23,93 @@ How the rounds are compared with the baseline: ``tasks/benchmark_stats.py``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from cicd import git
 from cicd.command import run
 from cicd.config import BenchmarkConfig
 from cicd.errors import BadInput, CicdError, InfrastructureError
 from cicd.results import JobResult, JobState
-from tasks.benchmark_baseline import BenchmarkError, Stats, load_baseline, parse_benchmark_json
+from tasks.benchmark_baseline import (
+    Baseline,
+    BenchmarkError,
+    Stats,
+    load_baseline,
+    parse_benchmark_json,
+)
 from tasks.benchmark_stats import (
     DEFAULT_ALPHA,
     Comparison,
     compare,
+    confirm,
     format_seconds,
     render_comparison_markdown,
+    rounds_for_family,
 )
 from tasks.job import JobContext, JobInputs
 
 # --------------------------------------------------------------------------- running
+
+
+def _run_round(
+    python: Path | str,
+    workdir: Path,
+    selection: Sequence[str],
+    env: Mapping[str, str] | None,
+    json_path: Path,
+    label: str,
+    deadline: float,
+    timeout: float,
+) -> dict[str, Stats]:
+    """One pytest-benchmark invocation over ``selection`` (paths or node ids)."""
+    log_path = json_path.with_suffix(".log")
+    json_path.unlink(missing_ok=True)
+    log_path.unlink(missing_ok=True)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise BenchmarkError(f"benchmarks timed out after {timeout:.0f}s before {label}")
+    argv = [
+        str(python),
+        "-m",
+        "pytest",
+        *selection,
+        "--benchmark-only",
+        f"--benchmark-json={json_path}",
+        "-q",
+    ]
+    try:
+        result = run(argv, cwd=workdir, env=env, timeout=remaining, log_path=log_path)
+    except FileNotFoundError:
+        raise InfrastructureError(f"benchmark interpreter {python} not found") from None
+    if result.timed_out:
+        raise BenchmarkError(
+            f"benchmarks timed out after {timeout:.0f}s in {label} "
+            f"(`{result.display}`, log {log_path})"
+        )
+    if result.returncode == 4 and "--benchmark" in result.output:
+        raise BadInput(
+            "pytest-benchmark is not installed in the target environment: add "
+            "'pytest-benchmark' to environment.packages or to the installed extra"
+        )
+    if result.returncode == 5:
+        raise BadInput(f"benchmarks {list(selection)}: pytest collected no tests")
+    if not result.ok:
+        raise BenchmarkError(
+            f"benchmark {label} failed with exit code {result.returncode} "
+            f"(`{result.display}`, log {log_path}):\n{result.tail()}"
+        )
+    # pytest-benchmark writes no JSON at all when no test used the fixture.
+    stats = parse_benchmark_json(json_path) if json_path.is_file() else {}
+    if not stats:
+        raise BadInput(
+            f"benchmarks {list(selection)}: no test uses the pytest-benchmark `benchmark` fixture"
+        )
+    return stats
 
 
 def run_benchmarks(
@@ -54,6 +120,7 @@ def run_benchmarks(
     env: Mapping[str, str] | None,
     out_dir: Path,
     timeout: float,
+    deadline: float | None = None,
 ) -> list[dict[str, Stats]]:
     """Run the suite ``rounds`` times, one pytest process each; returns per-round stats.
 
@@ -66,57 +133,110 @@ def run_benchmarks(
     if not paths:
         raise BadInput("benchmarks.paths is empty")
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Stats]] = []
-    remaining = timeout
-    for number in range(1, rounds + 1):
-        json_path = out_dir / f"round-{number}.json"
-        log_path = out_dir / f"round-{number}.log"
-        json_path.unlink(missing_ok=True)
-        log_path.unlink(missing_ok=True)
-        argv = [
-            str(python),
-            "-m",
-            "pytest",
-            *paths,
-            "--benchmark-only",
-            f"--benchmark-json={json_path}",
-            "-q",
-        ]
-        if remaining <= 0:
-            raise BenchmarkError(
-                f"benchmarks timed out after {timeout:.0f}s before round {number} of {rounds}"
+    deadline = deadline if deadline is not None else time.monotonic() + timeout
+    return [
+        _run_round(
+            python,
+            workdir,
+            paths,
+            env,
+            out_dir / f"round-{number}.json",
+            f"round {number} of {rounds}",
+            deadline,
+            timeout,
+        )
+        for number in range(1, rounds + 1)
+    ]
+
+
+def _env_for_tree(env: Mapping[str, str] | None, workdir: Path, tree: Path) -> dict[str, str]:
+    """``env`` with the checkout's code on ``PYTHONPATH`` replaced by ``tree``'s."""
+    environ = dict(env if env is not None else os.environ)
+    entries = environ.get("PYTHONPATH", "").split(os.pathsep) if environ.get("PYTHONPATH") else []
+    mapped = []
+    for entry in entries:
+        path = Path(entry)
+        mapped.append(
+            str(tree / path.relative_to(workdir)) if path.is_relative_to(workdir) else entry
+        )
+    if mapped:
+        environ["PYTHONPATH"] = os.pathsep.join(mapped)
+    return environ
+
+
+def remeasure_suspects(
+    python: Path | str,
+    workdir: Path,
+    config: BenchmarkConfig,
+    screen: Comparison,
+    baseline: Baseline,
+    env: Mapping[str, str] | None,
+    out_dir: Path,
+    deadline: float,
+) -> Comparison:
+    """Measure the screen's suspects again and let ``confirm`` decide.
+
+    Interleaved with the baseline's own code when the history has it: the commit
+    that last changed the baseline file, which ``cicd baseline`` recorded on
+    (its code is that of the commit it measured). Without it (an uncommitted
+    baseline), fresh rounds of this commit are compared with the stored ones.
+    """
+    suspects = [row.key for row in screen.regressions]
+    family = sum(1 for row in screen.rows if row.baseline_rounds and row.current_rounds)
+    out_dir = out_dir / "confirm"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    commit = git.last_commit_changing(workdir, config.baseline)
+    samples: dict[str, tuple[list[float], list[float]]] = {key: ([], []) for key in suspects}
+    if commit is None:
+        stored = min(len(baseline.benchmarks[key]) for key in suspects)
+        rounds = rounds_for_family(family, screen.alpha, config.confirm_rounds, stored)
+        for number in range(1, rounds + 1):
+            stats = _run_round(
+                python,
+                workdir,
+                suspects,
+                env,
+                out_dir / f"current-{number}.json",
+                f"confirmation round {number} of {rounds}",
+                deadline,
+                config.timeout,
             )
-        try:
-            result = run(argv, cwd=workdir, env=env, timeout=remaining, log_path=log_path)
-        except FileNotFoundError:
-            raise InfrastructureError(f"benchmark interpreter {python} not found") from None
-        remaining -= result.duration
-        if result.timed_out:
-            raise BenchmarkError(
-                f"benchmarks timed out after {timeout:.0f}s in round {number} of {rounds} "
-                f"(`{result.display}`, log {log_path})"
-            )
-        if result.returncode == 4 and "--benchmark" in result.output:
-            raise BadInput(
-                "pytest-benchmark is not installed in the target environment: add "
-                "'pytest-benchmark' to environment.packages or to the installed extra"
-            )
-        if result.returncode == 5:
-            raise BadInput(f"benchmarks.paths {list(paths)}: pytest collected no tests")
-        if not result.ok:
-            raise BenchmarkError(
-                f"benchmark round {number} of {rounds} failed with exit code "
-                f"{result.returncode} (`{result.display}`, log {log_path}):\n{result.tail()}"
-            )
-        # pytest-benchmark writes no JSON at all when no test used the fixture.
-        stats = parse_benchmark_json(json_path) if json_path.is_file() else {}
-        if not stats:
-            raise BadInput(
-                f"benchmarks.paths {list(paths)}: no test uses the pytest-benchmark "
-                "`benchmark` fixture"
-            )
-        results.append(stats)
-    return results
+            for key in suspects:
+                if key in stats:
+                    samples[key][1].append(stats[key].center)
+        for key in suspects:
+            samples[key][0].extend(baseline.benchmarks[key])
+        return confirm(screen, samples, "the stored baseline (not in the history: not interleaved)")
+
+    rounds = rounds_for_family(family, screen.alpha, config.confirm_rounds)
+    tree = git.add_worktree(workdir, commit, out_dir / f"baseline-{commit[:12]}")
+    try:
+        sides = {
+            "baseline": (tree, _env_for_tree(env, workdir, tree), 0),
+            "current": (workdir, dict(env) if env is not None else None, 1),
+        }
+        for number in range(1, rounds + 1):
+            # ABBA: the side that goes first alternates, so a trend in load is shared.
+            order = ("baseline", "current") if number % 2 else ("current", "baseline")
+            for side in order:
+                cwd, side_env, index = sides[side]
+                stats = _run_round(
+                    python,
+                    cwd,
+                    suspects,
+                    side_env,
+                    out_dir / f"{side}-{number}.json",
+                    f"confirmation round {number} of {rounds} ({side})",
+                    deadline,
+                    config.timeout,
+                )
+                for key in suspects:
+                    if key in stats:
+                        samples[key][index].append(stats[key].center)
+    finally:
+        git.remove_worktree(workdir, tree)
+    measured = {key: pair for key, pair in samples.items() if pair[0] and pair[1]}
+    return confirm(screen, measured, f"the baseline's code ({commit[:12]}), interleaved")
 
 
 def check_benchmarks(
@@ -128,12 +248,17 @@ def check_benchmarks(
     alpha: float = DEFAULT_ALPHA,
 ) -> Comparison:
     """Load the baseline (first: a missing one fails before minutes of running),
-    run the rounds and compare. The baseline path is relative to ``workdir``."""
+    run the rounds, compare, and re-measure the suspects before failing anything.
+    The baseline path is relative to ``workdir``."""
     baseline = load_baseline(workdir / config.baseline)
+    deadline = time.monotonic() + config.timeout
     rounds = run_benchmarks(
-        python, workdir, config.paths, config.rounds, env, out_dir, config.timeout
+        python, workdir, config.paths, config.rounds, env, out_dir, config.timeout, deadline
     )
-    return compare(baseline, rounds, config.threshold, alpha)
+    screen = compare(baseline, rounds, config.threshold, alpha)
+    if screen.ok:
+        return screen
+    return remeasure_suspects(python, workdir, config, screen, baseline, env, out_dir, deadline)
 
 
 # --- the job -----------------------------------------------------------------------
@@ -176,6 +301,8 @@ def run_benchmark_job(
             "current": row.current,
             "change": row.change,
             "p_value": row.p_value,
+            "rule": row.rule,
+            "confirmed_against": row.confirmed_against,
         }
         for row in comparison.rows
     ]

@@ -70,8 +70,6 @@ class QualityJob:
         )
 
 
-def quality_jobs(
-    config: QualityConfig, env: Environment, source: str | None
-) -> list[QualityJob]:
+def quality_jobs(config: QualityConfig, env: Environment, source: str | None) -> list[QualityJob]:
     """The quality job, or none when no tool is configured."""
     return [QualityJob(config, env, source)] if config.tools() else []

@@ -39,6 +39,7 @@ from cicd.locking import file_lock
 __all__ = [
     "Checkout",
     "GitResult",
+    "add_worktree",
     "changed_files",
     "check_commit_sha",
     "check_ref",
@@ -46,12 +47,14 @@ __all__ = [
     "checkout",
     "commit_timestamp",
     "is_remote",
+    "last_commit_changing",
     "log",
     "ls_remote",
     "mirror_path",
     "nearest_tag",
     "normalize_repo",
     "remove_workspace",
+    "remove_worktree",
     "resolve_commit",
     "resolve_ref",
     "run_in",
@@ -347,3 +350,31 @@ def ls_remote(repo: str, *, timeout: float = 120.0) -> str:
         why = "timed out" if result.timed_out else f"exit {result.returncode}"
         raise InfrastructureError(f"git ls-remote {repo} failed ({why}): {result.tail()}")
     return result.output
+
+
+# --- the code a benchmark baseline measured ------------------------------------------
+
+
+def last_commit_changing(workspace: Path, path: str) -> str | None:
+    """The last commit of ``workspace``'s HEAD history that changed ``path``, or None
+    (the file is not committed, or the workspace is not a git checkout)."""
+    result = _run("-C", workspace, "log", "-1", "--format=%H", "HEAD", "--", path)
+    sha = result.output.strip()
+    return sha if result.ok and sha else None
+
+
+def add_worktree(workspace: Path, commit: str, dest: Path) -> Path:
+    """Check ``commit`` out at ``dest`` as a detached worktree of ``workspace``
+    (shares its objects: no copy of the history)."""
+    sha = check_commit_sha(commit)
+    result = _run("-C", workspace, "worktree", "add", "--quiet", "--detach", "--", dest, sha)
+    if not result.ok:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise InfrastructureError(f"git worktree add {sha[:12]} failed: {result.tail()}")
+    return dest
+
+
+def remove_worktree(workspace: Path, dest: Path) -> None:
+    _run("-C", workspace, "worktree", "remove", "--force", "--", dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    _run("-C", workspace, "worktree", "prune")
