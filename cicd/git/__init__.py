@@ -46,6 +46,7 @@ __all__ = [
     "checkout",
     "commit_timestamp",
     "is_remote",
+    "is_shallow",
     "log",
     "ls_remote",
     "mirror_path",
@@ -56,7 +57,9 @@ __all__ = [
     "resolve_ref",
     "run_in",
     "shown",
+    "tag_commit",
     "tracked_entries",
+    "unshallow",
     "update_mirror",
     "validate_repo_address",
 ]
@@ -257,6 +260,30 @@ def checkout(repo: str, ref: str) -> Checkout:
         shutil.rmtree(dest, ignore_errors=True)
         raise InfrastructureError(f"checkout of {commit} failed: {result.tail(5)}")
     return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror)
+
+
+def is_shallow(repo: Path) -> bool:
+    """Whether ``repo`` lacks history (``git clone --depth``, a shallow mirror)."""
+    result = _run("-C", repo, "rev-parse", "--is-shallow-repository")
+    if not result.ok:
+        raise InfrastructureError(f"git rev-parse in {repo} failed: {result.tail()}")
+    return result.output.strip() == "true"
+
+
+def unshallow(repo: Path) -> bool:
+    """Fetch the missing history and tags of a shallow ``repo`` from its origin.
+
+    False when the origin has no more to give (it is shallow itself).
+    """
+    _run("-C", repo, "fetch", "--quiet", "--unshallow", "--tags", "origin", timeout=GIT_TIMEOUT)
+    return not is_shallow(repo)
+
+
+def tag_commit(repo: Path, tag: str) -> str | None:
+    """The commit that the tag ``tag`` (``v1.0`` or ``refs/tags/v1.0``) points at in
+    ``repo``; None when ``repo`` has no such tag (a branch of that name is no tag)."""
+    name = tag.removeprefix("refs/tags/")
+    return resolve_commit(repo, f"refs/tags/{name}", what="tag")
 
 
 def remove_workspace(path: Path) -> None:
