@@ -1,6 +1,7 @@
 """Release: the seed's ``.github/workflows/release.yml`` as a Prefect flow.
 
-    validate (tag == version, full tests) -> build (python -m build, twine check --strict)
+    validate (tag == version, full tests) -> build (python -m build, the built
+      metadata's version == tag, twine check --strict)
       -> publish (idempotent; credentials from a Secret block) -> changelog -> release record
 
 Nothing is uploaded unless every earlier stage passed; a conflicting file on
@@ -30,6 +31,8 @@ from tasks.release_jobs import (
     BuildJob,
     PublishJob,
     built_files,
+    built_identity,
+    check_release_checkout,
     published_files,
 )
 from tasks.testing import suite_jobs
@@ -57,9 +60,13 @@ def release(
     with open_pipeline(FLOW_NAME, repo, ref) as opened:
         run, checkout, config = opened.run, opened.checkout, opened.config
 
-        # validate: the tag names the version in pyproject.toml
-        name, version = packaging.read_project_version(checkout.path)
-        version = packaging.check_tag_matches(ref, version, config.release.tag_prefix)
+        # validate: the tag names the version in pyproject.toml (a dynamic one
+        # is known after the build, from the built metadata) and is in the checkout
+        prefix = config.release.tag_prefix
+        _, declared = packaging.read_project_version(checkout.path)
+        if declared is not None:
+            packaging.check_tag_matches(ref, declared, prefix)
+        check_release_checkout(checkout, ref, static_version=declared is not None)
 
         # validate: run full test suite (stop on any failure)
         suites = release_suites(config)
@@ -70,10 +77,13 @@ def release(
 
         # build: python -m build; twine check --strict
         epoch = commit_timestamp(checkout.path, checkout.commit)
-        build = run_job(BuildJob(run.directory / "dist", epoch), run, checkout.path)
+        # validate: the built wheel and sdist state the tagged version
+        build_job = BuildJob(run.directory / "dist", epoch, ref, prefix)
+        build = run_job(build_job, run, checkout.path)
         results.append(build)
         if not build.state.ok:
             return finish(run.report(checkout, ref, stopped(results, "build failed")))
+        name, version = built_identity(build)
 
         # publish (idempotent; dry run does everything but upload)
         target = (
