@@ -1,7 +1,7 @@
 """Release: the seed's ``.github/workflows/release.yml`` as a Prefect flow.
 
-    validate (tag == version, full tests) -> build (python -m build, the built
-      metadata's version == tag, twine check --strict)
+    validate (tag == version) -> build (python -m build in a clean workspace,
+      the built metadata's version == tag, twine check --strict) -> full tests
       -> publish (idempotent; credentials from a Secret block) -> changelog -> release record
 
 Nothing is uploaded unless every earlier stage passed; a conflicting file on
@@ -11,6 +11,7 @@ the index stops the release before the first upload.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Final
 
 from prefect import flow, get_run_logger
@@ -19,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd import masking
 from cicd.config import PipelineConfig
-from cicd.git import commit_timestamp
+from cicd.git import clone_workspace, commit_timestamp
 from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome, finish
 from flows.opening import open_pipeline
@@ -68,22 +69,27 @@ def release(
             packaging.check_tag_matches(ref, declared, prefix)
         check_release_checkout(checkout, ref, static_version=declared is not None)
 
+        # build: python -m build; the built wheel's and sdist's version == tag;
+        # twine check --strict. Before the tests, so that a wrong computed
+        # version costs a build, not a test suite; from a clean workspace of
+        # its own, so that nothing the tests write reaches what is published.
+        pristine = replace(checkout, path=clone_workspace(checkout.mirror, checkout.commit))
+        run.workspaces.append(pristine.path)
+        check_release_checkout(pristine, ref, static_version=declared is not None)
+        epoch = commit_timestamp(checkout.path, checkout.commit)
+        build_job = BuildJob(run.directory / "dist", epoch, ref, prefix)
+        build = run_job(build_job, run, pristine.path)
+        if not build.state.ok:
+            return finish(run.report(checkout, ref, stopped([build], "build failed")))
+        name, version = built_identity(build)
+
         # validate: run full test suite (stop on any failure)
         suites = release_suites(config)
         env = opened.environment(config.tests[s] for s in suites)
-        results = list(collect(submit_all(suite_jobs(config, suites, env), run, checkout.path)))
-        if not all(result.state.ok for result in results):
+        tests = collect(submit_all(suite_jobs(config, suites, env), run, checkout.path))
+        results = [*tests, build]
+        if not all(result.state.ok for result in tests):
             return finish(run.report(checkout, ref, stopped(results, "tests failed")))
-
-        # build: python -m build; twine check --strict
-        epoch = commit_timestamp(checkout.path, checkout.commit)
-        # validate: the built wheel and sdist state the tagged version
-        build_job = BuildJob(run.directory / "dist", epoch, ref, prefix)
-        build = run_job(build_job, run, checkout.path)
-        results.append(build)
-        if not build.state.ok:
-            return finish(run.report(checkout, ref, stopped(results, "build failed")))
-        name, version = built_identity(build)
 
         # publish (idempotent; dry run does everything but upload)
         target = (

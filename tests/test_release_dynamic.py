@@ -6,11 +6,13 @@ wheel and sdist and must be the tag's."""
 from __future__ import annotations
 
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
 from packaging.utils import parse_sdist_filename, parse_wheel_filename
 
+from cicd import paths
 from cicd.git import checkout
 from cicd.sample import commit_all, git
 from tasks.packaging import ReleaseRefused
@@ -21,6 +23,16 @@ from tests.release_repos import ATTR, FLIT, SCM, dynamic_version_repo, project_n
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 SECRET_BLOCK = "test-dynamic-index-password"
+WRITING_TEST = """from pathlib import Path
+
+import cicd_flit_probe
+
+
+def test_writes_into_the_package() -> None:
+    injected = Path(cicd_flit_probe.__file__).parent / "injected.py"
+    injected.write_text("INJECTED = True\\n")
+    assert injected.is_file()
+"""
 
 
 def release_section(server: PypiServer) -> dict[str, str]:
@@ -69,6 +81,7 @@ def test_flit_version_mismatch_refused_then_matching_tag_published(
 
     repo = dynamic_version_repo(tmp_path, FLIT, release_section(pypiserver), version="1.0.0")
     git(repo, "tag", "v2.0.0")
+    runs_before = set(paths.runs().iterdir())
 
     with pytest.raises(ReleaseRefused) as refused:
         release(repo=str(repo), ref="v2.0.0")
@@ -76,14 +89,27 @@ def test_flit_version_mismatch_refused_then_matching_tag_published(
     assert "tag v2.0.0 does not match version 1.0.0 in " in message
     assert "cicd_flit_probe-1.0.0" in message and "METADATA" in message
     assert pypiserver.stored() == {}
+    # Refused after the build and before the tests: no test log in the run.
+    (refused_run,) = set(paths.runs().iterdir()) - runs_before
+    assert sorted(p.name for p in (refused_run / "logs").iterdir()) == ["build.log"]
 
+    # A test that writes into the package: the build is from a workspace of its own.
+    (repo / "tests" / "test_writes.py").write_text(WRITING_TEST)
+    commit_all(repo, "test: a test that writes into the package")
     git(repo, "tag", "v1.0.0")
     outcome = release(repo=str(repo), ref="v1.0.0")
 
     assert outcome["state"] == "passed"
+    assert {job["name"]: job["state"] for job in outcome["jobs"]} == {
+        "unit": "passed", "build": "passed", "publish": "passed"
+    }  # fmt: skip
     assert outcome["release"]["version"] == "1.0.0"
     assert sorted(stored_versions(pypiserver).values()) == ["1.0.0", "1.0.0"]
     assert sorted(pypiserver.stored()) == sorted(f["name"] for f in outcome["release"]["files"])
+    (wheel,) = pypiserver.packages.glob("*.whl")
+    with zipfile.ZipFile(wheel) as built:
+        assert "cicd_flit_probe/__init__.py" in built.namelist()
+        assert "cicd_flit_probe/injected.py" not in built.namelist()
 
 
 def test_setuptools_scm_publishes_the_tag_not_a_dev_version(

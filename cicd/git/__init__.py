@@ -44,6 +44,7 @@ __all__ = [
     "check_ref",
     "check_repo_address",
     "checkout",
+    "clone_workspace",
     "commit_timestamp",
     "is_remote",
     "is_shallow",
@@ -251,6 +252,13 @@ def checkout(repo: str, ref: str) -> Checkout:
     repo = normalize_repo(repo)
     mirror = update_mirror(repo)
     commit = resolve_ref(mirror, ref)
+    dest = clone_workspace(mirror, commit)
+    return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror)
+
+
+def clone_workspace(mirror: Path, commit: str) -> Path:
+    """A new workspace of ``commit``: a full clone of the mirror (every branch and
+    tag, no depth limit), ``commit`` checked out detached."""
     dest = paths.workspaces() / f"{commit[:12]}-{uuid.uuid4().hex[:8]}"
     result = _run("clone", "--quiet", "--shared", "--no-checkout", "--", mirror, dest)
     if result.ok:
@@ -259,7 +267,7 @@ def checkout(repo: str, ref: str) -> Checkout:
     if not result.ok:
         shutil.rmtree(dest, ignore_errors=True)
         raise InfrastructureError(f"checkout of {commit} failed: {result.tail(5)}")
-    return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror)
+    return dest
 
 
 def is_shallow(repo: Path) -> bool:
