@@ -1,6 +1,7 @@
 """Release: the seed's ``.github/workflows/release.yml`` as a Prefect flow.
 
-    validate (tag == version, full tests) -> build (python -m build, twine check --strict)
+    validate (tag == version) -> build (python -m build in a clean workspace,
+      the built metadata's version == tag, twine check --strict) -> full tests
       -> publish (idempotent; credentials from a Secret block) -> changelog -> release record
 
 Nothing is uploaded unless every earlier stage passed; a conflicting file on
@@ -10,6 +11,7 @@ the index stops the release before the first upload.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Final
 
 from prefect import flow, get_run_logger
@@ -18,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd import masking
 from cicd.config import PipelineConfig
-from cicd.git import commit_timestamp
+from cicd.git import clone_workspace, commit_timestamp
 from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome, finish
 from flows.opening import open_pipeline
@@ -30,6 +32,8 @@ from tasks.release_jobs import (
     BuildJob,
     PublishJob,
     built_files,
+    built_identity,
+    check_release_checkout,
     published_files,
 )
 from tasks.testing import suite_jobs
@@ -57,23 +61,35 @@ def release(
     with open_pipeline(FLOW_NAME, repo, ref) as opened:
         run, checkout, config = opened.run, opened.checkout, opened.config
 
-        # validate: the tag names the version in pyproject.toml
-        name, version = packaging.read_project_version(checkout.path)
-        version = packaging.check_tag_matches(ref, version, config.release.tag_prefix)
+        # validate: the tag names the version in pyproject.toml (a dynamic one
+        # is known after the build, from the built metadata) and is in the checkout
+        prefix = config.release.tag_prefix
+        _, declared = packaging.read_project_version(checkout.path)
+        if declared is not None:
+            packaging.check_tag_matches(ref, declared, prefix)
+        check_release_checkout(checkout, ref, static_version=declared is not None)
+
+        # build: python -m build; the built wheel's and sdist's version == tag;
+        # twine check --strict. Before the tests, so that a wrong computed
+        # version costs a build, not a test suite; from a clean workspace of
+        # its own, so that nothing the tests write reaches what is published.
+        pristine = replace(checkout, path=clone_workspace(checkout.mirror, checkout.commit))
+        run.workspaces.append(pristine.path)
+        check_release_checkout(pristine, ref, static_version=declared is not None)
+        epoch = commit_timestamp(checkout.path, checkout.commit)
+        build_job = BuildJob(run.directory / "dist", epoch, ref, prefix)
+        build = run_job(build_job, run, pristine.path)
+        if not build.state.ok:
+            return finish(run.report(checkout, ref, stopped([build], "build failed")))
+        name, version = built_identity(build)
 
         # validate: run full test suite (stop on any failure)
         suites = release_suites(config)
         env = opened.environment(config.tests[s] for s in suites)
-        results = list(collect(submit_all(suite_jobs(config, suites, env), run, checkout.path)))
-        if not all(result.state.ok for result in results):
+        tests = collect(submit_all(suite_jobs(config, suites, env), run, checkout.path))
+        results = [*tests, build]
+        if not all(result.state.ok for result in tests):
             return finish(run.report(checkout, ref, stopped(results, "tests failed")))
-
-        # build: python -m build; twine check --strict
-        epoch = commit_timestamp(checkout.path, checkout.commit)
-        build = run_job(BuildJob(run.directory / "dist", epoch), run, checkout.path)
-        results.append(build)
-        if not build.state.ok:
-            return finish(run.report(checkout, ref, stopped(results, "build failed")))
 
         # publish (idempotent; dry run does everything but upload)
         target = (

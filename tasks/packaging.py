@@ -11,6 +11,7 @@ re-run produces the same bytes and is skipped instead of refused.
 
 from __future__ import annotations
 
+import email.parser
 import gzip
 import hashlib
 import io
@@ -20,10 +21,13 @@ import sys
 import tarfile
 import tempfile
 import tomllib
+import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from cicd import command
@@ -45,21 +49,29 @@ class PackagingError(CicdError):
 # Version and tag
 
 
-def read_project_version(root: Path) -> tuple[str, str]:
-    """``(name, version)`` from ``[project]`` in ``root/pyproject.toml``.
+def read_project_version(root: Path) -> tuple[str | None, str | None]:
+    """``(name, version)`` as ``root/pyproject.toml`` declares them, before any build.
 
-    A dynamic version (setuptools-scm, hatch-vcs, ...) is refused: the tag is
-    checked against the version *in the file*, so the file must state it.
+    A version that the build backend computes (``dynamic = ["version"]``:
+    setuptools-scm, hatch-vcs, flit's ``__version__``, setuptools' ``attr:``)
+    is ``None``, and so are both for a project without ``[project]`` (setup.cfg
+    or setup.py metadata): the release then learns them from what it built
+    (:func:`built_version`). A static version is returned so that a wrong tag
+    is refused before the tests run.
     """
     path = root / "pyproject.toml"
     where = str(path)
     if not path.is_file():
-        raise ConfigError(where, ["file not found; a release needs [project] name and version"])
+        if (root / "setup.py").is_file() or (root / "setup.cfg").is_file():
+            return None, None
+        raise ConfigError(where, ["file not found; a release needs a project to build"])
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, [f"not valid TOML ({exc})"]) from None
     project = data.get("project")
+    if project is None and ((root / "setup.py").is_file() or (root / "setup.cfg").is_file()):
+        return None, None
     if not isinstance(project, dict):
         raise ConfigError(where, ["table [project] is missing"])
     problems: list[str] = []
@@ -69,12 +81,12 @@ def read_project_version(root: Path) -> tuple[str, str]:
     dynamic = project.get("dynamic", [])
     version = project.get("version")
     if isinstance(dynamic, list) and "version" in dynamic:
-        problems.append(
-            "field 'project.version' is dynamic; a release needs a static version "
-            "in pyproject.toml to compare with the tag"
-        )
+        if version is not None:
+            # PEP 621: a field listed in dynamic must not also be given.
+            problems.append("field 'project.version' is given and also listed in 'dynamic'")
+        version = None
     elif not isinstance(version, str) or not version.strip():
-        problems.append("field 'project.version' is missing")
+        problems.append("field 'project.version' is missing (nor listed in 'dynamic')")
     else:
         try:
             Version(version)
@@ -82,15 +94,18 @@ def read_project_version(root: Path) -> tuple[str, str]:
             problems.append(f"field 'project.version': {version!r} is not a PEP 440 version")
     if problems:
         raise ConfigError(where, problems)
-    assert isinstance(name, str) and isinstance(version, str)
-    return name, version
+    assert isinstance(name, str)
+    return name, version if isinstance(version, str) else None
 
 
-def check_tag_matches(tag: str, version: str, prefix: str = "v") -> str:
+def check_tag_matches(
+    tag: str, version: str, prefix: str = "v", source: str = "pyproject.toml"
+) -> str:
     """Refuse a release whose tag disagrees with the package version.
 
     Versions are compared normalised (``v1.0`` matches ``1.0.0``, ``v1.0.0-rc1``
-    matches ``1.0.0rc1``). Returns the normalised version.
+    matches ``1.0.0rc1``). ``source`` names where ``version`` was read, for the
+    message. Returns the normalised version.
     """
     name = tag.removeprefix("refs/tags/")
     if not name.startswith(prefix):
@@ -105,11 +120,105 @@ def check_tag_matches(tag: str, version: str, prefix: str = "v") -> str:
         declared = Version(version)
     except InvalidVersion:
         raise ReleaseRefused(
-            f"version {version!r} in pyproject.toml is not a PEP 440 version"
+            f"version {version!r} in {source} is not a PEP 440 version"
         ) from None
     if tagged != declared:
-        raise ReleaseRefused(f"tag {name} does not match version {version} in pyproject.toml")
+        raise ReleaseRefused(f"tag {name} does not match version {version} in {source}")
     return str(declared)
+
+
+# ---------------------------------------------------------------------------
+# The version that was built
+
+
+@dataclass(frozen=True)
+class BuiltMetadata:
+    """``Name`` and ``Version`` of one distribution, and the member they were read from."""
+
+    path: Path
+    member: str
+    name: str
+    version: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.path.name} ({self.member})"
+
+
+def _headers(raw: bytes, where: str) -> tuple[str, str]:
+    # Core metadata is RFC 822 headers (https://packaging.python.org/en/latest/specifications/core-metadata/).
+    message = email.parser.BytesHeaderParser().parsebytes(raw)
+    name, version = message.get("Name"), message.get("Version")
+    if not name or not version:
+        raise PackagingError(f"{where} has no Name or Version field")
+    return str(name).strip(), str(version).strip()
+
+
+def read_built_metadata(path: Path) -> BuiltMetadata:
+    """What a wheel's ``*.dist-info/METADATA`` or an sdist's top ``PKG-INFO`` says.
+
+    The wheel spec puts exactly one ``{name}-{version}.dist-info`` at the root
+    (https://packaging.python.org/en/latest/specifications/binary-distribution-format/);
+    the sdist spec puts ``PKG-INFO`` in the one top directory, beside others a
+    backend may add deeper, such as ``src/x.egg-info/PKG-INFO``
+    (https://packaging.python.org/en/latest/specifications/source-distribution-format/).
+    """
+    try:
+        if path.name.endswith(".whl"):
+            with zipfile.ZipFile(path) as wheel:
+                members = [
+                    n for n in wheel.namelist()
+                    if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
+                ]
+                if len(members) != 1:
+                    raise PackagingError(f"{path}: expected one *.dist-info/METADATA, "
+                                         f"found {len(members)}")
+                raw, member = wheel.read(members[0]), members[0]
+        elif path.name.endswith(".tar.gz"):
+            with tarfile.open(path, "r:gz") as sdist:
+                found = [
+                    m for m in sdist.getmembers()
+                    if m.isfile() and m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")
+                ]
+                if len(found) != 1:
+                    raise PackagingError(f"{path}: expected one top-level PKG-INFO, "
+                                         f"found {len(found)}")
+                handle = sdist.extractfile(found[0])
+                assert handle is not None
+                raw, member = handle.read(), found[0].name
+        else:
+            raise BadInput(f"{path}: not a wheel or an sdist (.whl, .tar.gz)")
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise PackagingError(f"{path}: cannot read the distribution ({exc})") from None
+    name, version = _headers(raw, f"{path.name} ({member})")
+    return BuiltMetadata(path, member, name, version)
+
+
+def built_version(paths: Sequence[Path], tag: str, prefix: str = "v") -> tuple[str, str]:
+    """``(name, version)`` of the built files, refused unless all of them and the tag agree.
+
+    The build backend is the authority on a dynamic version: what it wrote into
+    the metadata is what the index will show. The wheel and the sdist are
+    built separately (``python -m build --sdist --wheel``), so they are
+    compared with each other too, exactly: an index files them under their
+    version, and two spellings would be two releases.
+    """
+    if not paths:
+        raise BadInput("no distributions to read a version from")
+    built = [read_built_metadata(path) for path in paths]
+    first = built[0]
+    for other in built[1:]:
+        if canonicalize_name(other.name) != canonicalize_name(first.name):
+            raise ReleaseRefused(
+                f"the distributions name different projects: {first.name} in {first.source}, "
+                f"{other.name} in {other.source}"
+            )
+        if other.version != first.version:
+            raise ReleaseRefused(
+                f"the distributions disagree on the version: {first.version} in "
+                f"{first.source}, {other.version} in {other.source}"
+            )
+    return first.name, check_tag_matches(tag, first.version, prefix, source=first.source)
 
 
 # ---------------------------------------------------------------------------
@@ -161,6 +270,17 @@ def normalize_sdist(path: Path, epoch: int) -> None:
     tmp.replace(path)
 
 
+# setuptools-scm (and hatch-vcs, which uses it) take the version from these
+# instead of git (https://setuptools-scm.readthedocs.io/en/latest/overrides/):
+# a release's version must come from its tag, never from the caller's environment.
+_PRETEND_PREFIX = "SETUPTOOLS_SCM_PRETEND_"
+
+
+def build_environment() -> dict[str, str]:
+    """The build's environment: ours, without the variables that would fake a version."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_PRETEND_PREFIX)}
+
+
 def build_distributions(
     root: Path,
     out_dir: Path,
@@ -180,7 +300,7 @@ def build_distributions(
     if not (root / "pyproject.toml").is_file() and not (root / "setup.py").is_file():
         raise BadInput(f"{root}: no pyproject.toml or setup.py to build")
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = build_environment()
     if source_date_epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(source_date_epoch)
     scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cicd.config import ReleaseConfig
+from cicd.git import Checkout, is_shallow, tag_commit, unshallow
 from cicd.results import JobResult, JobState
 from tasks import packaging, publishing
 from tasks.job import JobContext, JobInputs
@@ -20,21 +21,61 @@ PUBLISH_JOB = "publish"
 ACTIONS: tuple[publishing.Action, ...] = ("uploaded", "skipped", "would-upload")
 
 
+def check_release_checkout(checkout: Checkout, tag: str, *, static_version: bool) -> None:
+    """The workspace holds the tag, on the commit being released, with its history.
+
+    setuptools-scm and hatch-vcs compute the version with ``git describe``
+    from the workspace's ``.git``
+    (https://setuptools-scm.readthedocs.io/en/latest/usage/#default-versioning-scheme):
+    without the tag, or in a shallow clone that cuts it off, they build
+    ``0.1.dev1+g<sha>`` instead of the tagged version. cicd's workspace is a full
+    ``git clone`` of the mirror (tags included); a mirror of a shallow clone is
+    unshallowed from its origin where possible. A static version needs no git,
+    so a shallow history is refused only where the backend may read it.
+    """
+    name = tag.removeprefix("refs/tags/")
+    if is_shallow(checkout.path) and not unshallow(checkout.path) and not static_version:
+        raise packaging.ReleaseRefused(
+            f"the checkout of {name} from {checkout.repo} is shallow and its origin has no "
+            "more history: a version computed from git (setuptools-scm, hatch-vcs) needs "
+            "the full history and tags; release from a full clone"
+        )
+    tagged = tag_commit(checkout.path, name)
+    if tagged is None:
+        raise packaging.ReleaseRefused(
+            f"{name} is not a tag in {checkout.repo}: a release is made from a tag"
+        )
+    if tagged != checkout.commit:
+        raise packaging.ReleaseRefused(
+            f"tag {name} points at {tagged} in the workspace, not at the released "
+            f"commit {checkout.commit}"
+        )
+
+
 @dataclass(frozen=True)
 class BuildJob:
-    """``python -m build`` (reproducible: stamped with the commit's time), then
-    ``twine check --strict``."""
+    """``python -m build`` (reproducible: stamped with the commit's time), the
+    built version checked against the tag, then ``twine check --strict``."""
 
     out_dir: Path
     source_date_epoch: int
+    tag: str
+    tag_prefix: str = "v"
     name: str = BUILD_JOB
 
     kind: ClassVar[str] = "build"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     timeout: ClassVar[float] = packaging.BUILD_TIMEOUT + packaging.CHECK_TIMEOUT
 
     def inputs(self) -> JobInputs:
-        return JobInputs(None, extra={"source_date_epoch": self.source_date_epoch})
+        return JobInputs(
+            None,
+            extra={
+                "source_date_epoch": self.source_date_epoch,
+                "tag": self.tag,
+                "tag_prefix": self.tag_prefix,
+            },
+        )
 
     def run(self, context: JobContext) -> JobResult:
         log = context.log(self.name)
@@ -45,14 +86,20 @@ class BuildJob:
             source_date_epoch=self.source_date_epoch,
             log_path=log,
         )
+        # Before twine: a wrong version is a refusal (nothing published), and cheap.
+        project, version = packaging.built_version(files, self.tag, self.tag_prefix)
         packaging.check_distributions(files, log_path=log)
-        return JobResult(
-            self.name, JobState.PASSED, 0.0, details={"files": [str(f) for f in files]}
-        )
+        details = {"files": [str(f) for f in files], "project": project, "version": version}
+        return JobResult(self.name, JobState.PASSED, 0.0, details=details)
 
 
 def built_files(build: JobResult) -> list[Path]:
     return [Path(name) for name in build.details.get("files", [])]
+
+
+def built_identity(build: JobResult) -> tuple[str, str]:
+    """``(project, version)`` as the built distributions' metadata states them."""
+    return str(build.details["project"]), str(build.details["version"])
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,8 +27,10 @@ from tasks.packaging import (
     PackagingError,
     ReleaseRefused,
     build_distributions,
+    built_version,
     check_distributions,
     check_tag_matches,
+    read_built_metadata,
     read_project_version,
     sha256_file,
 )
@@ -145,6 +149,78 @@ def publish_to(
 def test_read_project_version(tmp_path: Path) -> None:
     write_project(tmp_path, version="2.3.4")
     assert read_project_version(tmp_path) == (NAME, "2.3.4")
+    # Computed by the backend (flit, setuptools-scm, attr:): known after the build.
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "p"\ndynamic = ["version"]\n')
+    assert read_project_version(tmp_path) == ("p", None)
+    # setup.cfg metadata and no [project]: both from the build.
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\n')
+    (tmp_path / "setup.cfg").write_text("[metadata]\nname = p\nversion = attr: p.__version__\n")
+    assert read_project_version(tmp_path) == (None, None)
+    (tmp_path / "pyproject.toml").unlink()
+    assert read_project_version(tmp_path) == (None, None)
+
+
+def fake_wheel(out: Path, file_version: str, metadata_version: str) -> Path:
+    """A wheel whose file name and METADATA may disagree (as a wrong build could)."""
+    path = out / f"{MODULE}-{file_version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{MODULE}/__init__.py", "")
+        wheel.writestr(
+            f"{MODULE}-{file_version}.dist-info/METADATA",
+            f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {metadata_version}\n",
+        )
+    return path
+
+
+def fake_sdist(out: Path, version: str, nested_version: str | None = None) -> Path:
+    """An sdist with its top PKG-INFO, and optionally a deeper one (egg-info) that differs."""
+    path = out / f"{MODULE}-{version}.tar.gz"
+    top = f"{MODULE}-{version}"
+    members = {f"{top}/PKG-INFO": version}
+    if nested_version is not None:
+        members[f"{top}/src/{MODULE}.egg-info/PKG-INFO"] = nested_version
+    with tarfile.open(path, "w:gz") as sdist:
+        for name, stated in members.items():
+            data = f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {stated}\n".encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            sdist.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_built_version_reads_the_metadata_and_checks_the_tag(tmp_path: Path) -> None:
+    wheel = fake_wheel(tmp_path, "1.2.0", "1.2.0")
+    sdist = fake_sdist(tmp_path, "1.2.0", nested_version="0.0.0")
+    assert read_built_metadata(sdist).member == f"{MODULE}-1.2.0/PKG-INFO"
+    assert built_version([wheel, sdist], "v1.2") == (NAME, "1.2.0")
+    assert built_version([wheel, sdist], "refs/tags/release-1.2.0", "release-")[1] == "1.2.0"
+
+    with pytest.raises(ReleaseRefused) as caught:
+        built_version([wheel, sdist], "v1.3.0")
+    assert str(caught.value) == (
+        f"tag v1.3.0 does not match version 1.2.0 in {wheel.name} "
+        f"({MODULE}-1.2.0.dist-info/METADATA)"
+    )
+
+
+def test_built_version_refuses_distributions_that_disagree(tmp_path: Path) -> None:
+    sdist = fake_sdist(tmp_path, "1.2.0")
+    # The file name says 1.2.0, the metadata (what an index and pip believe) 1.2.0.post1.
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    wheel = fake_wheel(odd, "1.2.0", "1.2.0.post1")
+    with pytest.raises(ReleaseRefused) as caught:
+        built_version([wheel, sdist], "v1.2.0")
+    assert str(caught.value) == (
+        f"the distributions disagree on the version: 1.2.0.post1 in {wheel.name} "
+        f"({MODULE}-1.2.0.dist-info/METADATA), 1.2.0 in {sdist.name} ({MODULE}-1.2.0/PKG-INFO)"
+    )
+    with pytest.raises(ReleaseRefused, match=r"does not match version 1\.2\.0\.post1 in"):
+        built_version([wheel], "v1.2.0")
+    broken = tmp_path / f"{MODULE}-1.2.0-py3-none-any.whl"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(PackagingError, match="cannot read the distribution"):
+        read_built_metadata(broken)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +228,10 @@ def test_read_project_version(tmp_path: Path) -> None:
     [
         (None, "file not found"),
         ("[tool.x]\na = 1\n", "table [project] is missing"),
-        ('[project]\nname = "p"\ndynamic = ["version"]\n', "field 'project.version' is dynamic"),
+        (
+            '[project]\nname = "p"\nversion = "1.0"\ndynamic = ["version"]\n',
+            "field 'project.version' is given and also listed in 'dynamic'",
+        ),
         ('[project]\nname = "p"\n', "field 'project.version' is missing"),
         ('[project]\nversion = "1.0"\n', "field 'project.name' is missing"),
         ('[project]\nname = "p"\nversion = "one"\n', "'one' is not a PEP 440 version"),
@@ -193,7 +272,9 @@ def test_release_publishes_installs_and_reruns_idempotently(
     release_repo: Path, v1_dists: list[Path], pypiserver: PypiServer, tmp_path: Path
 ) -> None:
     name, version = read_project_version(release_repo)
+    assert version is not None
     assert check_tag_matches("v1.0.0", version) == "1.0.0"
+    assert built_version(v1_dists, "v1.0.0") == (name, "1.0.0")
     assert sorted(p.name for p in v1_dists) == [
         "cicd_release_probe-1.0.0-py3-none-any.whl",
         "cicd_release_probe-1.0.0.tar.gz",

@@ -45,8 +45,10 @@ __all__ = [
     "check_ref",
     "check_repo_address",
     "checkout",
+    "clone_workspace",
     "commit_timestamp",
     "is_remote",
+    "is_shallow",
     "last_commit_changing",
     "log",
     "ls_remote",
@@ -59,7 +61,9 @@ __all__ = [
     "resolve_ref",
     "run_in",
     "shown",
+    "tag_commit",
     "tracked_entries",
+    "unshallow",
     "update_mirror",
     "validate_repo_address",
 ]
@@ -251,6 +255,13 @@ def checkout(repo: str, ref: str) -> Checkout:
     repo = normalize_repo(repo)
     mirror = update_mirror(repo)
     commit = resolve_ref(mirror, ref)
+    dest = clone_workspace(mirror, commit)
+    return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror)
+
+
+def clone_workspace(mirror: Path, commit: str) -> Path:
+    """A new workspace of ``commit``: a full clone of the mirror (every branch and
+    tag, no depth limit), ``commit`` checked out detached."""
     dest = paths.workspaces() / f"{commit[:12]}-{uuid.uuid4().hex[:8]}"
     result = _run("clone", "--quiet", "--shared", "--no-checkout", "--", mirror, dest)
     if result.ok:
@@ -259,7 +270,31 @@ def checkout(repo: str, ref: str) -> Checkout:
     if not result.ok:
         shutil.rmtree(dest, ignore_errors=True)
         raise InfrastructureError(f"checkout of {commit} failed: {result.tail(5)}")
-    return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror)
+    return dest
+
+
+def is_shallow(repo: Path) -> bool:
+    """Whether ``repo`` lacks history (``git clone --depth``, a shallow mirror)."""
+    result = _run("-C", repo, "rev-parse", "--is-shallow-repository")
+    if not result.ok:
+        raise InfrastructureError(f"git rev-parse in {repo} failed: {result.tail()}")
+    return result.output.strip() == "true"
+
+
+def unshallow(repo: Path) -> bool:
+    """Fetch the missing history and tags of a shallow ``repo`` from its origin.
+
+    False when the origin has no more to give (it is shallow itself).
+    """
+    _run("-C", repo, "fetch", "--quiet", "--unshallow", "--tags", "origin", timeout=GIT_TIMEOUT)
+    return not is_shallow(repo)
+
+
+def tag_commit(repo: Path, tag: str) -> str | None:
+    """The commit that the tag ``tag`` (``v1.0`` or ``refs/tags/v1.0``) points at in
+    ``repo``; None when ``repo`` has no such tag (a branch of that name is no tag)."""
+    name = tag.removeprefix("refs/tags/")
+    return resolve_commit(repo, f"refs/tags/{name}", what="tag")
 
 
 def remove_workspace(path: Path) -> None:
