@@ -10,6 +10,7 @@ are detected from the target's ``pyproject.toml``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +240,15 @@ def _check_workspace(root: Path, config: PipelineConfig, source: str) -> None:
             f"field 'environment.extras': {shown(config.environment.extras)} needs a "
             f"{PYPROJECT} in the repository"
         )
+    groups = config.environment.groups or []
+    declared = _read_pyproject(root).get("dependency-groups", {}) if groups else {}
+    known = {re.sub(r"[-_.]+", "-", str(name)).lower() for name in declared}
+    for group in groups:
+        if re.sub(r"[-_.]+", "-", group).lower() not in known:
+            problems.append(
+                f"field 'environment.groups': group {shown(group)} is not in {PYPROJECT} "
+                f"[dependency-groups] (it has {sorted(known) or 'none'})"
+            )
     if not config.quality.tools() and not config.tests:
         problems.append(
             "configures no job: no quality tool and no test suite (add 'quality' or 'tests')"

@@ -170,6 +170,9 @@ class EnvironmentConfig(_Model):
     python: PythonVersion = Field(default_factory=_current_python)
     extras: list[ExtraName] = Field(default=[], max_length=20)
     packages: list[Requirement] = Field(default=[], max_length=200)
+    # PEP 735 dependency groups of pyproject.toml (https://peps.python.org/pep-0735/).
+    # Unset: those of test, tests, testing, dev that exist; []: none.
+    groups: list[ExtraName] | None = Field(default=None, max_length=20)
     # Off: the commit's source is put on PYTHONPATH (no build, the fastest).
     # On: the commit is also built and installed without dependencies for each
     # run, like `pip install -e .`: its entry points and metadata exist too.
