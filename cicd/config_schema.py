@@ -181,7 +181,9 @@ class EnvironmentConfig(_Model):
 
 
 class ToolConfig(_Model):
-    paths: list[RepoPath] = Field(min_length=1, max_length=100)
+    # None given: the tool's own configuration decides what it checks (mypy's
+    # `files`, ruff's `include`); black and isort get ".", as projects run them.
+    paths: list[RepoPath] = Field(default=[], max_length=100)
     args: list[Argument] = Field(default=[], max_length=100)
 
 
@@ -189,10 +191,18 @@ class QualityConfig(_Model):
     ruff: ToolConfig | None = None
     mypy: ToolConfig | None = None
     black: ToolConfig | None = None
+    # `ruff format --check`, isort --check-only, flake8 (issue 9).
+    ruff_format: ToolConfig | None = None
+    isort: ToolConfig | None = None
+    flake8: ToolConfig | None = None
+    # `pre-commit run --all-files` is the quality step, instead of the tools above
+    # (https://pre-commit.com/#pre-commit-run).
+    pre_commit: bool = False
     timeout: Seconds = 600
 
     def tools(self) -> dict[str, ToolConfig]:
         found = {"ruff": self.ruff, "mypy": self.mypy, "black": self.black}
+        found |= {"ruff_format": self.ruff_format, "isort": self.isort, "flake8": self.flake8}
         return {name: tool for name, tool in found.items() if tool is not None}
 
 

@@ -247,40 +247,86 @@ def _dependencies_environment(
             return Environment(path, config.python, key, reused=True)
         # A half-built environment from a crashed run is never trusted.
         shutil.rmtree(path, ignore_errors=True)
-        interpreter = find_interpreter(config.python)
-        if interpreter is None:
-            raise InterpreterMissing(f"Python {config.python} is not installed on this worker")
-        uv = _uv()
-        created = command.run(
-            [
-                uv,
-                "venv",
-                "--quiet",
-                "--python",
-                str(interpreter),
-                "--python-preference",
-                "only-system",
-                str(path),
-            ],
-            timeout=config.timeout,
-            log_path=log_path,
-        )
-        if not created.ok:
-            shutil.rmtree(path, ignore_errors=True)
-            raise InfrastructureError(f"creating the environment failed: {created.tail(10)}")
+        uv = _create_venv(path, config.python, config.timeout, log_path)
         with tempfile.TemporaryDirectory(dir=paths.home()) as requirements_dir:
             argv = _install_argv(
                 path / "bin" / "python", workspace, config, packages, Path(requirements_dir)
             )
             argv[0] = uv
-            installed = command.run(
-                argv, cwd=workspace, timeout=config.timeout, log_path=log_path
-            )
+            installed = command.run(argv, cwd=workspace, timeout=config.timeout, log_path=log_path)
         if not installed.ok:
             shutil.rmtree(path, ignore_errors=True)
             raise InfrastructureError(f"installing the dependencies failed: {installed.tail(15)}")
         (path / READY_MARKER).write_text(key + "\n")
     return Environment(path, config.python, key, reused=False)
+
+
+def _create_venv(path: Path, python: str, timeout: float, log_path: Path | None) -> str:
+    """An empty virtualenv of ``python`` at ``path``; returns the uv that made it."""
+    interpreter = find_interpreter(python)
+    if interpreter is None:
+        raise InterpreterMissing(f"Python {python} is not installed on this worker")
+    uv = _uv()
+    created = command.run(
+        [
+            uv,
+            "venv",
+            "--quiet",
+            "--python",
+            str(interpreter),
+            "--python-preference",
+            "only-system",
+            str(path),
+        ],
+        timeout=timeout,
+        log_path=log_path,
+    )
+    if not created.ok:
+        shutil.rmtree(path, ignore_errors=True)
+        raise InfrastructureError(f"creating the environment failed: {created.tail(10)}")
+    return uv
+
+
+def tool_environment(
+    python: str, requirements: list[str], timeout: float, log_path: Path | None = None
+) -> Environment:
+    """The quality tools at the project's pins, apart from its test environment.
+
+    Keyed by the requirements alone (as pre-commit keys a hook's environment by
+    its repository, rev and additional_dependencies), so every commit with the
+    same pins reuses it, whatever its other dependencies.
+    """
+    wanted = sorted({str(Requirement(entry)) for entry in requirements})
+    payload = {"layout": LAYOUT_VERSION, "python": python, "tools": wanted}
+    payload["platform"] = sys.platform
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    path = paths.environments() / f"tools-py{python}-{key[:16]}"
+    if (path / READY_MARKER).is_file():
+        return Environment(path, python, key, reused=True)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if (path / READY_MARKER).is_file():
+            return Environment(path, python, key, reused=True)
+        shutil.rmtree(path, ignore_errors=True)
+        uv = _create_venv(path, python, timeout, log_path)
+        argv = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "--", *wanted]
+        installed = command.run(argv, timeout=timeout, log_path=log_path)
+        if not installed.ok:
+            shutil.rmtree(path, ignore_errors=True)
+            raise InfrastructureError(f"installing the quality tools failed: {installed.tail(15)}")
+        (path / READY_MARKER).write_text(key + "\n")
+    return Environment(path, python, key, reused=False)
+
+
+def installed_versions(env: Environment, names: Iterable[str]) -> dict[str, str]:
+    """The versions of ``names`` installed in ``env``, from their ``.dist-info`` names
+    (https://packaging.python.org/en/latest/specifications/recording-installed-packages/)."""
+    wanted = {name.replace("-", "_").lower(): name for name in names}
+    found: dict[str, str] = {}
+    for info in env.path.glob("lib/python*/site-packages/*.dist-info"):
+        name, _, version = info.name.removesuffix(".dist-info").partition("-")
+        if name.lower() in wanted:
+            found[wanted[name.lower()]] = version
+    return dict(sorted(found.items()))
 
 
 def project_site(workspace: Path, python_version: str) -> Path:
@@ -334,7 +380,8 @@ def environment_task(
 def tool_packages(config: PipelineConfig, suites: Iterable[SuiteConfig] = ()) -> list[str]:
     """What cicd-flows itself needs in the target's environment to run the jobs."""
     suites = list(suites) or list(config.tests.values())
-    packages = sorted(config.quality.tools())
+    # The quality tools have an environment of their own (tool_environment).
+    packages: list[str] = []
     if suites:
         packages.append("pytest")
     if any(suite.coverage for suite in suites):
