@@ -131,6 +131,10 @@ files = ["src/linted"]
 
 # Outside mypy's `files`: strict mypy over "." would flag the untyped function.
 LOOSE_SCRIPT = "def untyped(value):\n    return value\n"
+# Formatted as ruff 0.4.1 formats it; newer ruff joins implicitly concatenated
+# strings that fit on one line (https://github.com/astral-sh/ruff/issues/9457;
+# ruff 0.17 reformats this file), so an unpinned `ruff format --check` fails it.
+GREETING = 'GREETING = "hello, " "world"\n'
 
 
 def build_linted_repo(root: Path) -> Path:
@@ -144,6 +148,7 @@ def build_linted_repo(root: Path) -> Path:
         "def double(value: int) -> int:\n    return value * 2\n"
     )
     (repo / "scripts" / "loose.py").write_text(LOOSE_SCRIPT)
+    (repo / "src" / "linted" / "greeting.py").write_text(GREETING)
     (repo / "tests" / "test_linted.py").write_text(
         textwrap.dedent(
             """\
