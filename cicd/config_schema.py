@@ -195,6 +195,7 @@ class QualityConfig(_Model):
     ruff_format: ToolConfig | None = None
     isort: ToolConfig | None = None
     flake8: ToolConfig | None = None
+    pyright: ToolConfig | None = None
     # `pre-commit run --all-files` is the quality step, instead of the tools above
     # (https://pre-commit.com/#pre-commit-run).
     pre_commit: bool = False
@@ -203,6 +204,7 @@ class QualityConfig(_Model):
     def tools(self) -> dict[str, ToolConfig]:
         found = {"ruff": self.ruff, "mypy": self.mypy, "black": self.black}
         found |= {"ruff_format": self.ruff_format, "isort": self.isort, "flake8": self.flake8}
+        found |= {"pyright": self.pyright}
         return {name: tool for name, tool in found.items() if tool is not None}
 
 

