@@ -10,6 +10,7 @@ are detected from the target's ``pyproject.toml``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from cicd.config_schema import (
     ToolConfig,
 )
 from cicd.errors import ConfigError
+from cicd.quality_detection import PRE_COMMIT_CONFIG, detected_tools, mypy_config
 
 __all__ = [
     "CONFIG_FILE",
@@ -149,22 +151,21 @@ def _package_dirs(root: Path) -> list[str]:
 def detect_defaults(root: Path) -> PipelineConfig:
     """Sensible defaults for a target without ``cicd.yaml``, from ``pyproject.toml``."""
     pyproject = _read_pyproject(root)
-    tool = pyproject.get("tool", {})
     project = pyproject.get("project", {})
     optional = project.get("optional-dependencies", {}) if isinstance(project, dict) else {}
     extras = [name for name in ("dev", "test", "tests") if name in optional][:1]
     packages = _package_dirs(root)
-    code_paths = ["src"] if (root / "src").is_dir() else packages
     has_tests = (root / "tests").is_dir()
-    lint_paths = code_paths + (["tests"] if has_tests else [])
 
-    quality: dict[str, Any] = {}
-    if "ruff" in tool and lint_paths:
-        quality["ruff"] = {"paths": lint_paths}
-    if "mypy" in tool and packages:
-        quality["mypy"] = {"paths": packages}
-    if "black" in tool and lint_paths:
-        quality["black"] = {"paths": lint_paths}
+    # Each linter the project configures (its own files) or runs as a pre-commit
+    # hook, with no path that would override its own configuration; mypy without
+    # `files` gets the packages.
+    quality: dict[str, Any] = {name: {} for name in sorted(detected_tools(root, pyproject))}
+    if "mypy" in quality and "files" not in (mypy_config(root, pyproject) or {}):
+        if packages:
+            quality["mypy"] = {"paths": packages}
+        else:
+            del quality["mypy"]
     tests: dict[str, Any] = {}
     if has_tests:
         tests["unit"] = {"paths": ["tests"], "coverage": packages}
@@ -239,7 +240,25 @@ def _check_workspace(root: Path, config: PipelineConfig, source: str) -> None:
             f"field 'environment.extras': {shown(config.environment.extras)} needs a "
             f"{PYPROJECT} in the repository"
         )
-    if not config.quality.tools() and not config.tests:
+    groups = config.environment.groups or []
+    declared = _read_pyproject(root).get("dependency-groups", {}) if groups else {}
+    known = {re.sub(r"[-_.]+", "-", str(name)).lower() for name in declared}
+    for group in groups:
+        if re.sub(r"[-_.]+", "-", group).lower() not in known:
+            problems.append(
+                f"field 'environment.groups': group {shown(group)} is not in {PYPROJECT} "
+                f"[dependency-groups] (it has {sorted(known) or 'none'})"
+            )
+    if config.quality.pre_commit and not (root / PRE_COMMIT_CONFIG).is_file():
+        problems.append(
+            f"field 'quality.pre_commit': needs a {PRE_COMMIT_CONFIG} in the repository"
+        )
+    if config.quality.pre_commit and config.quality.tools():
+        problems.append(
+            "field 'quality.pre_commit': runs the hooks instead of "
+            f"{', '.join(config.quality.tools())}; configure one or the other"
+        )
+    if not config.quality.tools() and not config.quality.pre_commit and not config.tests:
         problems.append(
             "configures no job: no quality tool and no test suite (add 'quality' or 'tests')"
         )
@@ -255,6 +274,9 @@ def load_config(workspace: Path) -> PipelineConfig:
         _repository_file(root, name)
     for requirements in sorted(root.glob("requirements*.txt")):
         _repository_file(root, requirements.name)
+    # The files quality detection reads on the worker (cicd.quality_detection).
+    for name in (PRE_COMMIT_CONFIG, "mypy.ini", ".mypy.ini", "ruff.toml", ".ruff.toml", "tox.ini"):
+        _repository_file(root, name)
     path = _repository_file(root, CONFIG_FILE)
     if path is not None:
         config = parse_config(read_text(path, CONFIG_FILE), CONFIG_FILE)

@@ -170,6 +170,9 @@ class EnvironmentConfig(_Model):
     python: PythonVersion = Field(default_factory=_current_python)
     extras: list[ExtraName] = Field(default=[], max_length=20)
     packages: list[Requirement] = Field(default=[], max_length=200)
+    # PEP 735 dependency groups of pyproject.toml (https://peps.python.org/pep-0735/).
+    # Unset: those of test, tests, testing, dev that exist; []: none.
+    groups: list[ExtraName] | None = Field(default=None, max_length=20)
     # Off: the commit's source is put on PYTHONPATH (no build, the fastest).
     # On: the commit is also built and installed without dependencies for each
     # run, like `pip install -e .`: its entry points and metadata exist too.
@@ -178,7 +181,9 @@ class EnvironmentConfig(_Model):
 
 
 class ToolConfig(_Model):
-    paths: list[RepoPath] = Field(min_length=1, max_length=100)
+    # None given: the tool's own configuration decides what it checks (mypy's
+    # `files`, ruff's `include`); black and isort get ".", as projects run them.
+    paths: list[RepoPath] = Field(default=[], max_length=100)
     args: list[Argument] = Field(default=[], max_length=100)
 
 
@@ -186,10 +191,20 @@ class QualityConfig(_Model):
     ruff: ToolConfig | None = None
     mypy: ToolConfig | None = None
     black: ToolConfig | None = None
+    # `ruff format --check`, isort --check-only, flake8 (issue 9).
+    ruff_format: ToolConfig | None = None
+    isort: ToolConfig | None = None
+    flake8: ToolConfig | None = None
+    pyright: ToolConfig | None = None
+    # `pre-commit run --all-files` is the quality step, instead of the tools above
+    # (https://pre-commit.com/#pre-commit-run).
+    pre_commit: bool = False
     timeout: Seconds = 600
 
     def tools(self) -> dict[str, ToolConfig]:
         found = {"ruff": self.ruff, "mypy": self.mypy, "black": self.black}
+        found |= {"ruff_format": self.ruff_format, "isort": self.isort, "flake8": self.flake8}
+        found |= {"pyright": self.pyright}
         return {name: tool for name, tool in found.items() if tool is not None}
 
 

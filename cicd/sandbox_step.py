@@ -6,7 +6,7 @@ and ``tests.*.args`` are cicd.yaml fields), so nothing here is taken on trust:
 - writable: the workspace (the step's ``cwd``) and, when an argument names a file
   in a run's reports directory (``--junitxml=$CICD_HOME/runs/<run>/reports/...``),
   that reports directory; nothing else under ``$CICD_HOME``.
-- read-only: ``VIRTUAL_ENV`` and ``PYTHONPATH`` entries only when they lie in
+- read-only: ``VIRTUAL_ENV``, ``PYTHONPATH`` and ``PRE_COMMIT_HOME`` entries only when they lie in
   ``$CICD_HOME/envs`` or beside the workspace (the per-run ``install_project``
   site), and the interpreter the environment was made from (found through the
   environment's own ``bin/python`` link, which the repository does not write).
@@ -76,6 +76,10 @@ def environment_paths(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """The environment, its interpreter and the run's install site, when they are ours."""
     found: list[Path] = []
     candidates = [env.get("VIRTUAL_ENV", ""), *env.get("PYTHONPATH", "").split(os.pathsep)]
+    # pre-commit's hook environments (tasks.quality), read-only: its store then
+    # runs without writing (Store.readonly in
+    # https://github.com/pre-commit/pre-commit/blob/main/pre_commit/store.py).
+    candidates.append(env.get("PRE_COMMIT_HOME", ""))
     for value in candidates:
         if not value.startswith("/"):
             continue

@@ -91,7 +91,7 @@ def pr_validation(
         # every job already passed on these inputs: docs do not make a red commit green.
         reason = opened.skip_reason(base)
         planned: list[Job] = [
-            *quality_jobs(config.quality, env, source),
+            *quality_jobs(config.quality, env, source, checkout.path),
             *suite_jobs(config, suites, env, source),
         ]
         if reason is not None and all(passed_before(job) for job in planned):
@@ -106,7 +106,7 @@ def pr_validation(
             jobs = planned
             if llm is not None:
                 jobs = [
-                    *quality_jobs(config.quality, env, source),
+                    *quality_jobs(config.quality, env, source, checkout.path),
                     *suite_jobs(config, suites, env, source, llm.env),
                 ]
             results = collect(submit_all(jobs, run, checkout.path))

@@ -1,7 +1,8 @@
 """The target project's virtualenv, built with uv and reused across runs.
 
 An environment holds the target's *dependencies* (``pyproject.toml`` with its
-extras, ``requirements*.txt``, extra packages) and is keyed by the hash of
+extras and PEP 735 dependency groups, ``requirements*.txt``, extra packages;
+``tasks.dependency_inputs`` reads the last two) and is keyed by the hash of
 those inputs: while they are unchanged, every run reuses it. It is never
 modified after it is marked ready, so concurrent runs can share it; the
 commit under test is put on ``PYTHONPATH`` per run instead of being installed
@@ -18,9 +19,12 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 from prefect import task
@@ -29,10 +33,16 @@ from cicd import command, paths
 from cicd.config import EnvironmentConfig, PipelineConfig, SuiteConfig
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.locking import file_lock
+from tasks.dependency_inputs import (
+    DependencyInputs,
+    group_inputs,
+    requirements_inputs,
+    selected_groups,
+)
 
 READY_MARKER = ".cicd-ready"
 # Bump when the way environments are built changes, so old ones are not reused.
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 # Variables of ours that must not leak into the target's processes.
 _PRIVATE_PREFIXES = ("PREFECT_", "CICD_", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "TWINE_")
 
@@ -95,15 +105,38 @@ def requirement_strings(config: EnvironmentConfig, packages: Iterable[str] = ())
     return sorted({str(Requirement(entry)) for entry in (*config.packages, *packages)})
 
 
+def _pyproject(workspace: Path) -> dict[str, Any]:
+    path = workspace / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"pyproject.toml: not valid TOML ({exc})") from None
+
+
+def dependency_inputs(workspace: Path, config: EnvironmentConfig) -> DependencyInputs:
+    """The groups and requirements files of ``workspace``, the project's own references
+    turned into its extras (``tasks.dependency_inputs``)."""
+    pyproject = _pyproject(workspace)
+    inputs = DependencyInputs(extras=set(config.extras))
+    group_inputs(pyproject, selected_groups(config.groups, pyproject), inputs)
+    requirements_inputs(workspace, inputs)
+    return inputs
+
+
 def environment_key(workspace: Path, config: EnvironmentConfig, packages: list[str]) -> str:
     """The hash of everything that decides what the environment contains."""
+    inputs = dependency_inputs(workspace, config)
     digest = hashlib.sha256()
     digest.update(
         json.dumps(
             {
                 "layout": LAYOUT_VERSION,
                 "python": config.python,
-                "extras": sorted(config.extras),
+                "extras": sorted(inputs.extras),
+                "groups": inputs.requirements,
+                "requirements_files": inputs.files,
                 "packages": requirement_strings(config, packages),
                 "platform": sys.platform,
             },
@@ -116,19 +149,31 @@ def environment_key(workspace: Path, config: EnvironmentConfig, packages: list[s
 
 
 def _install_argv(
-    python: Path, workspace: Path, config: EnvironmentConfig, packages: list[str]
+    python: Path,
+    workspace: Path,
+    config: EnvironmentConfig,
+    packages: list[str],
+    requirements_dir: Path,
 ) -> list[str]:
+    """uv's arguments; the translated requirements files are written to ``requirements_dir``."""
+    inputs = dependency_inputs(workspace, config)
     argv = ["uv", "pip", "install", "--python", str(python)]
-    if (workspace / "pyproject.toml").is_file():
-        argv += ["-r", str(workspace / "pyproject.toml")]
-        for extra in config.extras:
+    extras = sorted(inputs.extras)
+    # The project's own metadata: uv reads pyproject.toml, setup.py and setup.cfg
+    # (https://docs.astral.sh/uv/pip/packages/#installing-packages-from-files).
+    sources = [workspace / name for name in ("pyproject.toml", "setup.py", "setup.cfg")]
+    source = next((path for path in sources if path.is_file()), None)
+    if source is not None and (source.name == "pyproject.toml" or extras):
+        argv += ["-r", str(source)]
+        for extra in extras:
             argv += ["--extra", extra]
-    elif config.extras:
-        raise BadInput(f"environment.extras {config.extras} needs a pyproject.toml in the target")
-    for requirements in sorted(workspace.glob("requirements*.txt")):
+    elif extras:
+        raise BadInput(f"environment.extras {extras} needs a pyproject.toml in the target")
+    for requirements in inputs.write(requirements_dir, workspace):
         argv += ["-r", str(requirements)]
     # Everything after "--" is a requirement, never an option (uv and pip both stop there).
-    return [*argv, "--", *requirement_strings(config, packages)]
+    wanted = sorted({*inputs.requirements, *requirement_strings(config, packages)})
+    return [*argv, "--", *wanted]
 
 
 def _interpreter_version(python: Path) -> str | None:
@@ -202,35 +247,105 @@ def _dependencies_environment(
             return Environment(path, config.python, key, reused=True)
         # A half-built environment from a crashed run is never trusted.
         shutil.rmtree(path, ignore_errors=True)
-        interpreter = find_interpreter(config.python)
-        if interpreter is None:
-            raise InterpreterMissing(f"Python {config.python} is not installed on this worker")
-        uv = _uv()
-        created = command.run(
-            [
-                uv,
-                "venv",
-                "--quiet",
-                "--python",
-                str(interpreter),
-                "--python-preference",
-                "only-system",
-                str(path),
-            ],
-            timeout=config.timeout,
-            log_path=log_path,
-        )
-        if not created.ok:
-            shutil.rmtree(path, ignore_errors=True)
-            raise InfrastructureError(f"creating the environment failed: {created.tail(10)}")
-        argv = _install_argv(path / "bin" / "python", workspace, config, packages)
-        argv[0] = uv
-        installed = command.run(argv, cwd=workspace, timeout=config.timeout, log_path=log_path)
+        uv = _create_venv(path, config.python, config.timeout, log_path)
+        with tempfile.TemporaryDirectory(dir=paths.home()) as requirements_dir:
+            argv = _install_argv(
+                path / "bin" / "python", workspace, config, packages, Path(requirements_dir)
+            )
+            argv[0] = uv
+            installed = command.run(argv, cwd=workspace, timeout=config.timeout, log_path=log_path)
         if not installed.ok:
             shutil.rmtree(path, ignore_errors=True)
             raise InfrastructureError(f"installing the dependencies failed: {installed.tail(15)}")
         (path / READY_MARKER).write_text(key + "\n")
     return Environment(path, config.python, key, reused=False)
+
+
+def _create_venv(path: Path, python: str, timeout: float, log_path: Path | None) -> str:
+    """An empty virtualenv of ``python`` at ``path``; returns the uv that made it."""
+    interpreter = find_interpreter(python)
+    if interpreter is None:
+        raise InterpreterMissing(f"Python {python} is not installed on this worker")
+    uv = _uv()
+    created = command.run(
+        [
+            uv,
+            "venv",
+            "--quiet",
+            "--python",
+            str(interpreter),
+            "--python-preference",
+            "only-system",
+            str(path),
+        ],
+        timeout=timeout,
+        log_path=log_path,
+    )
+    if not created.ok:
+        shutil.rmtree(path, ignore_errors=True)
+        raise InfrastructureError(f"creating the environment failed: {created.tail(10)}")
+    return uv
+
+
+def tool_environment(
+    python: str, requirements: list[str], timeout: float, log_path: Path | None = None
+) -> Environment:
+    """The quality tools at the project's pins, apart from its test environment.
+
+    Keyed by the requirements alone (as pre-commit keys a hook's environment by
+    its repository, rev and additional_dependencies), so every commit with the
+    same pins reuses it, whatever its other dependencies.
+    """
+    wanted = sorted({str(Requirement(entry)) for entry in requirements})
+    payload = {"layout": LAYOUT_VERSION, "python": python, "tools": wanted}
+    payload["platform"] = sys.platform
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    path = paths.environments() / f"tools-py{python}-{key[:16]}"
+    if (path / READY_MARKER).is_file():
+        return Environment(path, python, key, reused=True)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if (path / READY_MARKER).is_file():
+            return Environment(path, python, key, reused=True)
+        shutil.rmtree(path, ignore_errors=True)
+        uv = _create_venv(path, python, timeout, log_path)
+        argv = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "--", *wanted]
+        installed = command.run(argv, timeout=timeout, log_path=log_path)
+        if not installed.ok:
+            shutil.rmtree(path, ignore_errors=True)
+            raise InfrastructureError(f"installing the quality tools failed: {installed.tail(15)}")
+        if any(Requirement(entry).name == "pyright" for entry in wanted):
+            # Older pyright-python releases fetch pyright from npm at first use:
+            # here, not in the job's box, which has no network.
+            warmed = command.run(
+                [str(path / "bin" / "python"), "-m", "pyright", "--version"],
+                env={**os.environ, **pyright_environ(path)},
+                timeout=timeout,
+                log_path=log_path,
+            )
+            if not warmed.ok:
+                shutil.rmtree(path, ignore_errors=True)
+                raise InfrastructureError(f"installing pyright failed: {warmed.tail(15)}")
+        (path / READY_MARKER).write_text(key + "\n")
+    return Environment(path, python, key, reused=False)
+
+
+def pyright_environ(tools: Path) -> dict[str, str]:
+    """pyright-python's cache inside the tool environment, and no update check (it
+    asks PyPI for the newest version; the job's box has no network)."""
+    cache = str(tools / "pyright-cache")
+    return {"PYRIGHT_PYTHON_CACHE_DIR": cache, "PYRIGHT_PYTHON_IGNORE_WARNINGS": "1"}
+
+
+def installed_versions(env: Environment, names: Iterable[str]) -> dict[str, str]:
+    """The versions of ``names`` installed in ``env``, from their ``.dist-info`` names
+    (https://packaging.python.org/en/latest/specifications/recording-installed-packages/)."""
+    wanted = {name.replace("-", "_").lower(): name for name in names}
+    found: dict[str, str] = {}
+    for info in env.path.glob("lib/python*/site-packages/*.dist-info"):
+        name, _, version = info.name.removesuffix(".dist-info").partition("-")
+        if name.lower() in wanted:
+            found[wanted[name.lower()]] = version
+    return dict(sorted(found.items()))
 
 
 def project_site(workspace: Path, python_version: str) -> Path:
@@ -284,7 +399,8 @@ def environment_task(
 def tool_packages(config: PipelineConfig, suites: Iterable[SuiteConfig] = ()) -> list[str]:
     """What cicd-flows itself needs in the target's environment to run the jobs."""
     suites = list(suites) or list(config.tests.values())
-    packages = sorted(config.quality.tools())
+    # The quality tools have an environment of their own (tool_environment).
+    packages: list[str] = []
     if suites:
         packages.append("pytest")
     if any(suite.coverage for suite in suites):

@@ -1,4 +1,14 @@
-"""Quality checks, as in the seed's ``quality`` job: ruff, mypy, black --check.
+"""Quality checks as the project runs them: ruff check, ruff format --check, mypy,
+black --check, isort --check-only, flake8.
+
+Each tool runs at the version the project pins (``cicd.quality_detection``:
+its pre-commit hook's ``rev``, else a pin in its dev dependencies), from an
+environment of the tools alone that is keyed by those pins
+(``tasks.environments.tool_environment``), with the project's own
+configuration and no path argument unless cicd.yaml gives one. mypy runs with
+the interpreter of the project's environment, so it sees the project's
+dependencies, and imports itself (and its ``additional_dependencies``) from the
+tool environment.
 
 All configured tools run even when an earlier one fails, so one run shows
 every problem (a GitHub Actions job would stop at the first failing step).
@@ -6,70 +16,182 @@ every problem (a GitHub Actions job would stop at the first failing step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import shutil
+import tomllib
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
+from cicd import command, paths
 from cicd.config import QualityConfig, ToolConfig
-from cicd.results import JobResult
-from tasks.environments import Environment
+from cicd.locking import file_lock
+from cicd.quality_detection import PRE_COMMIT_CONFIG, TOOL_PACKAGES, tool_requirements
+from cicd.results import JobResult, StepResult
+from tasks.environments import (
+    READY_MARKER,
+    Environment,
+    installed_versions,
+    pyright_environ,
+    tool_environment,
+)
 from tasks.job import JobContext, JobInputs, failure_reason, run_step, state_of
 
 JOB_NAME = "quality"
+# What each tool runs, before cicd.yaml's args; tools that need a path get ".",
+# as the projects' own CI runs them (`black --check .`).
+COMMANDS: dict[str, tuple[list[str], bool]] = {
+    "ruff": (["ruff", "check"], False),
+    "ruff_format": (["ruff", "format", "--check"], False),
+    "mypy": (["mypy"], False),
+    "black": (["black", "--check", "--diff"], True),
+    "isort": (["isort", "--check-only", "--diff"], True),
+    "flake8": (["flake8"], False),
+    "pyright": (["pyright"], False),
+}
+# Tools that must see the project's dependencies: run with its interpreter.
+TYPE_CHECKERS = frozenset({"mypy", "pyright"})
 
 
 def tool_argv(tool: str, python: Path, config: ToolConfig) -> list[str]:
-    base = [str(python), "-m", tool]
-    if tool == "ruff":
-        return [*base, "check", *config.args, "--", *config.paths]
-    if tool == "black":
-        return [*base, "--check", "--diff", *config.args, "--", *config.paths]
-    return [*base, *config.args, "--", *config.paths]
+    module, *command = COMMANDS[tool][0]
+    paths = config.paths or (["."] if COMMANDS[tool][1] else [])
+    return [str(python), "-m", module, *command, *config.args, *(["--", *paths] if paths else [])]
+
+
+def _site_packages(env: Environment) -> list[Path]:
+    return sorted(env.path.glob("lib/python*/site-packages"))
 
 
 @dataclass(frozen=True)
 class QualityJob:
-    """Every configured tool over the workspace, in the target's environment."""
+    """Every configured tool over the workspace, at the project's pins."""
 
     config: QualityConfig
     env: Environment
     # The commit's fingerprint when a pass may be reused; None runs afresh.
     source: str | None = None
     name: str = JOB_NAME
+    # The tool environment's requirements (the pins); empty: the tool names.
+    tools: tuple[str, ...] = ()
 
     kind: ClassVar[str] = "quality"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     @property
     def timeout(self) -> float:
         return self.config.timeout
 
     def inputs(self) -> JobInputs:
-        return JobInputs(self.source, config=self.config, environment=self.env.key)
+        return JobInputs(
+            self.source, config=self.config, environment=self.env.key, extra=list(self.tools)
+        )
 
     def run(self, context: JobContext) -> JobResult:
-        environ = self.env.environ()
-        steps = tuple(
-            run_step(
-                tool,
-                tool_argv(tool, self.env.python, config),
-                cwd=context.workspace,
-                env=environ,
-                deadline=context.deadline,
-                log_path=context.log(self.name),
-            )
-            for tool, config in self.config.tools().items()
+        packages = sorted({TOOL_PACKAGES[tool] for tool in _tool_names(self.config)})
+        tools = tool_environment(
+            self.env.python_version,
+            list(self.tools) or packages,
+            self.config.timeout,
+            context.log(self.name),
         )
+        # The linters run from the tool environment, the commit's code importable.
+        linting = replace(tools, source_paths=self.env.source_paths)
+        # mypy: the project's interpreter (its dependencies), mypy from the tools.
+        typing = replace(self.env, source_paths=(*self.env.source_paths, *_site_packages(tools)))
+        # pre-commit's hooks instead of the tools (cicd.yaml allows one or the other).
+        steps = pre_commit_steps(context, linting) if self.config.pre_commit else []
+        for tool, config in self.config.tools().items():
+            env = typing if tool in TYPE_CHECKERS else linting
+            steps.append(
+                run_step(
+                    tool,
+                    tool_argv(tool, env.python, config),
+                    cwd=context.workspace,
+                    env=env.environ(pyright_environ(tools.path)),
+                    deadline=context.deadline,
+                    log_path=context.log(self.name),
+                )
+            )
         state = state_of(steps)
         return JobResult(
             name=self.name,
             state=state,
             duration=sum(step.duration for step in steps),
-            steps=steps,
+            steps=tuple(steps),
             reason="" if state.ok else failure_reason(steps, context.deadline),
+            # What ran, as run: the versions and commands a user compares with their CI.
+            details={
+                "versions": installed_versions(tools, packages),
+                "commands": {step.name: step.command for step in steps},
+            },
         )
 
 
-def quality_jobs(config: QualityConfig, env: Environment, source: str | None) -> list[QualityJob]:
-    """The quality job, or none when no tool is configured."""
-    return [QualityJob(config, env, source)] if config.tools() else []
+def hook_store(workspace: Path, python: str) -> Path:
+    """pre-commit's store for this hook configuration, under ``$CICD_HOME/envs``:
+    reused while ``.pre-commit-config.yaml`` is unchanged, never shared with another."""
+    digest = hashlib.sha256(python.encode() + b"\0" + (workspace / PRE_COMMIT_CONFIG).read_bytes())
+    return paths.environments() / f"pre-commit-py{python}-{digest.hexdigest()[:16]}"
+
+
+def pre_commit_steps(context: JobContext, tools: Environment) -> list[StepResult]:
+    """``pre-commit install-hooks`` outside the box (it fetches the hooks), then
+    ``pre-commit run --all-files`` inside it, the store read-only."""
+    store = hook_store(context.workspace, tools.python_version)
+    environ = tools.environ({"PRE_COMMIT_HOME": str(store)})
+    pre_commit = [str(tools.python), "-m", "pre_commit"]
+    with file_lock(store.with_name(store.name + ".lock")):
+        if not (store / READY_MARKER).is_file():
+            shutil.rmtree(store, ignore_errors=True)
+            installed = command.run(
+                [*pre_commit, "install-hooks"],
+                cwd=context.workspace,
+                env=environ,
+                timeout=context.deadline.remaining(),
+                log_path=context.log(JOB_NAME),
+            )
+            if not installed.ok:
+                shutil.rmtree(store, ignore_errors=True)
+                step = StepResult(
+                    "pre-commit install-hooks",
+                    " ".join([*pre_commit, "install-hooks"]),
+                    installed.returncode,
+                    installed.duration,
+                    timed_out=installed.timed_out,
+                    output_tail=installed.tail(40),
+                )
+                return [step]
+            (store / READY_MARKER).write_text("\n")
+    argv = [*pre_commit, "run", "--all-files", "--show-diff-on-failure", "--color", "never"]
+    step = run_step(
+        "pre-commit",
+        argv,
+        cwd=context.workspace,
+        env=environ,
+        deadline=context.deadline,
+        log_path=context.log(JOB_NAME),
+    )
+    return [step]
+
+
+def _tool_names(config: QualityConfig) -> list[str]:
+    return ["pre_commit"] if config.pre_commit else list(config.tools())
+
+
+def _pyproject(workspace: Path) -> dict[str, object]:
+    path = workspace / "pyproject.toml"
+    return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def quality_jobs(
+    config: QualityConfig, env: Environment, source: str | None, workspace: Path | None = None
+) -> list[QualityJob]:
+    """The quality job, or none when no tool is configured; the pins read from
+    ``workspace``'s pre-commit config and dependencies."""
+    if not _tool_names(config):
+        return []
+    pins: tuple[str, ...] = ()
+    if workspace is not None:
+        pins = tuple(tool_requirements(workspace, _pyproject(workspace), _tool_names(config)))
+    return [QualityJob(config, env, source, tools=pins)]

@@ -180,7 +180,8 @@ def test_defaults_enable_only_configured_tools(tmp_path: Path) -> None:
     )
     config = load_config(root)
     assert list(config.quality.tools()) == ["ruff"]
-    assert config.quality.ruff is not None and config.quality.ruff.paths == ["src", "tests"]
+    # No path of ours: ruff's own configuration decides what it checks (issue 9).
+    assert config.quality.ruff is not None and config.quality.ruff.paths == []
     assert config.environment.extras == ["dev"]
     assert config.tests["unit"].paths == ["tests"]
     assert config.tests["unit"].coverage == ["src/pkg"]

@@ -61,6 +61,8 @@ INPUT_CHANGES: dict[str, dict[str, Any]] = {
         "source": "abd",
         "config": QualityConfig(ruff=ToolConfig(paths=["src", "tests"])),
         "env": dataclasses.replace(ENV, key="env-2"),
+        # The pinned tool versions (another rev of the ruff hook).
+        "tools": ("ruff==0.4.1",),
     },
     "tests": {
         "source": "abd",
