@@ -105,7 +105,9 @@ def commits_between(
         revs = f"{since_sha}..{until_sha}"
     # --topo-order (in git.log): commits made within one second have equal dates,
     # and date order would mix them up; a child is always listed before its parent.
-    output = git.log(repo, revs, f"%H{_FIELD}%s{_FIELD}%b{_RECORD}", include_merges=include_merges)
+    output = git.log(
+        repo, revs, f"%H{_FIELD}%s{_FIELD}%b{_RECORD}", include_merges=include_merges
+    )
     commits: list[Commit] = []
     for record in output.split(_RECORD):
         record = record.strip("\n")
@@ -240,7 +242,9 @@ def render_release_markdown(record: Mapping[str, Any]) -> str:
     files = record.get("files") or []
     if files:
         lines += ["| File | Size | SHA-256 | Action |", "| --- | ---: | --- | --- |"]
-        lines += [f"| {f['name']} | {f['size']} | `{f['sha256']}` | {f['action']} |" for f in files]
+        lines += [
+            f"| {f['name']} | {f['size']} | `{f['sha256']}` | {f['action']} |" for f in files
+        ]
     else:
         lines.append("No files.")
     lines += ["", record.get("changelog", "").strip(), ""]

@@ -204,9 +204,7 @@ def notify(
         except Exception as exc:  # e.g. the Prefect API is unreachable
             log.error(
                 "notification not delivered: block %r: %s: %s",
-                config.block,
-                type(exc).__name__,
-                exc,
+                config.block, type(exc).__name__, exc,
             )
             failed.append(target)
     if not config.webhook_url and not config.block:

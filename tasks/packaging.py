@@ -111,7 +111,7 @@ def check_tag_matches(
     if not name.startswith(prefix):
         raise ReleaseRefused(f"tag {name} does not start with the tag prefix {prefix!r}")
     try:
-        tagged = Version(name[len(prefix) :])
+        tagged = Version(name[len(prefix):])
     except InvalidVersion:
         raise ReleaseRefused(
             f"tag {name} does not name a version (expected {prefix}X.Y.Z)"
@@ -260,11 +260,9 @@ def normalize_sdist(path: Path, epoch: int) -> None:
             clean.uname = clean.gname = ""
             members.append((clean, data))
     tmp = path.with_name(path.name + ".tmp")
-    with (
-        tmp.open("wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped,
-        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as target,
-    ):
+    with tmp.open("wb") as raw, gzip.GzipFile(
+        filename="", mode="wb", fileobj=raw, mtime=0
+    ) as zipped, tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as target:
         for info, data in members:
             target.addfile(info, None if data is None else io.BytesIO(data))
     tmp.replace(path)
@@ -313,11 +311,12 @@ def build_distributions(
         )
         if not result.ok:
             why = (
-                f"timed out after {timeout:.0f}s"
-                if result.timed_out
+                f"timed out after {timeout:.0f}s" if result.timed_out
                 else f"exit {result.returncode}"
             )
-            raise PackagingError(f"python -m build failed for {root} ({why}):\n{result.tail(40)}")
+            raise PackagingError(
+                f"python -m build failed for {root} ({why}):\n{result.tail(40)}"
+            )
         built = sorted(p for p in scratch.iterdir() if p.is_file())
         if not built:
             raise PackagingError(

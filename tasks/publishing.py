@@ -141,7 +141,9 @@ def parse_simple_json(data: Mapping[str, Any], page_url: str) -> list[IndexFile]
     return files
 
 
-def list_index_files(client: httpx.Client, index_url: str, project: str) -> dict[str, IndexFile]:
+def list_index_files(
+    client: httpx.Client, index_url: str, project: str
+) -> dict[str, IndexFile]:
     """What the index already holds for ``project``, by file name (empty if unknown)."""
     url = simple_project_url(index_url, project)
     try:
@@ -352,16 +354,9 @@ def _twine_upload(
     env.pop("TWINE_REPOSITORY_URL", None)
     argv = [
         # --no-color: rich's colour codes would end up in logs and error messages.
-        str(python),
-        "-m",
-        "twine",
-        "--no-color",
-        "upload",
-        "--non-interactive",
+        str(python), "-m", "twine", "--no-color", "upload", "--non-interactive",
         "--disable-progress-bar",
-        "--repository-url",
-        repository_url,
-        *map(str, paths),
+        "--repository-url", repository_url, *map(str, paths),
     ]
     result = command.run(argv, env=env, timeout=timeout, log_path=log_path)
     if result.ok:

@@ -137,7 +137,9 @@ class Answerer:
         self._check_budget()
         return self._answer_upstream(request, sink)
 
-    def _answer_mock(self, request: ChatRequest, sink: ResponseSink, status: CallStatus) -> Outcome:
+    def _answer_mock(
+        self, request: ChatRequest, sink: ResponseSink, status: CallStatus
+    ) -> Outcome:
         answer = self.mock.answer(request)
         if request.stream:
             serve_chunks(

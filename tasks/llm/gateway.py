@@ -269,7 +269,9 @@ class Gateway:
         request: ChatRequest | None = None
         try:
             request = parse_chat(raw)
-            outcome = self._answerer.answer(request, handler.headers.get("Authorization", ""), sink)
+            outcome = self._answerer.answer(
+                request, handler.headers.get("Authorization", ""), sink
+            )
         except Refused as refused:
             outcome = Outcome(refused.call_status, "none", error=refused.message)
             sink.send_json(refused.status, error_body(refused.message, refused.kind))

@@ -189,21 +189,15 @@ class Neo4jDockerBackend:
             raise InfrastructureError(f"{name}: could not start {spec['image']}: {exc}") from exc
         service = Neo4jContainer(
             ServiceEndpoint(
-                name=name,
-                host=HOST,
-                port=published_port(attrs, BOLT),
-                http_port=published_port(attrs, HTTP),
-                user=config.user,
-                password=config.password,
+                name=name, host=HOST, port=published_port(attrs, BOLT),
+                http_port=published_port(attrs, HTTP), user=config.user, password=config.password,
             ),
             container_id,
         )
         try:
             waited = wait_until_healthy(
-                service.endpoint,
-                timeout=config.startup_timeout,
-                exited=service.exit_reason,
-                log_tail=service.log_tail,
+                service.endpoint, timeout=config.startup_timeout,
+                exited=service.exit_reason, log_tail=service.log_tail,
             )
         except BaseException:
             service.stop()

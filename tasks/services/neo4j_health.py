@@ -55,15 +55,12 @@ def probe_bolt(endpoint: ServiceEndpoint, timeout: float = PROBE_TIMEOUT_SECONDS
     from neo4j.exceptions import AuthError
 
     try:
-        with (
-            GraphDatabase.driver(
-                endpoint.uri,
-                auth=(endpoint.user, endpoint.password),
-                connection_timeout=timeout,
-                connection_acquisition_timeout=timeout,
-            ) as driver,
-            driver.session(database=HEALTH_DATABASE) as session,
-        ):
+        with GraphDatabase.driver(
+            endpoint.uri,
+            auth=(endpoint.user, endpoint.password),
+            connection_timeout=timeout,
+            connection_acquisition_timeout=timeout,
+        ) as driver, driver.session(database=HEALTH_DATABASE) as session:
             record = session.run("RETURN 1 AS ok").single(strict=True)
     except AuthError as exc:
         raise CredentialsRejected(

@@ -174,8 +174,7 @@ def set_initial_password(java: str, home: Path, lib: Path, password: str) -> Non
         # The output names the conf problem (the password is not in it); the
         # Java stack frames around it only bury the message.
         lines = [
-            line
-            for line in result.output.splitlines()
+            line for line in result.output.splitlines()
             if not line.lstrip().startswith(("at ", "... "))
         ]
         raise InfrastructureError(

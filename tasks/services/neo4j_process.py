@@ -189,12 +189,8 @@ class Neo4jProcessBackend:
             render_conf(home, lib, bolt_port, http_port, self.settings)
         )
         endpoint = ServiceEndpoint(
-            name=name,
-            host=HOST,
-            port=bolt_port,
-            http_port=http_port,
-            user=config.user,
-            password=config.password,
+            name=name, host=HOST, port=bolt_port, http_port=http_port,
+            user=config.user, password=config.password,
         )
         try:
             set_initial_password(java, home, lib, config.password)
@@ -224,13 +220,8 @@ class Neo4jProcessBackend:
         # kill_all() (flow finally / atexit) then stops it too.
         command.register_group(proc.pid)
         record = PidRecord(
-            token=token,
-            name=name,
-            pid=proc.pid,
-            start_time=process_start_time(proc.pid),
-            home=str(home),
-            owner_pid=os.getpid(),
-            owner_start_time=process_start_time(os.getpid()),
+            token=token, name=name, pid=proc.pid, start_time=process_start_time(proc.pid),
+            home=str(home), owner_pid=os.getpid(), owner_start_time=process_start_time(os.getpid()),
         )
         server = Neo4jProcess(
             endpoint, proc, home, pid_file(token), run_dir / f"{token}.log", cds_dump

@@ -54,12 +54,7 @@ def maven_argv(mvn: str, pom: Path, version: str, output_dir: Path) -> list[str]
     # The dependency plugin is named with its version: Maven 3.8's super-POM
     # would otherwise pick 2.8, which lacks options used here.
     return [
-        mvn,
-        "-B",
-        "-q",
-        "-f",
-        str(pom),
-        DEPENDENCY_PLUGIN,
+        mvn, "-B", "-q", "-f", str(pom), DEPENDENCY_PLUGIN,
         "-DincludeScope=runtime",
         f"-DoutputDirectory={output_dir}",
         f"-Dneo4j.version={version}",
@@ -100,13 +95,8 @@ def ensure_neo4j(
             argv = maven_argv(mvn, pom, version, staging)
             try:
                 done = subprocess.run(
-                    argv,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    errors="replace",
-                    timeout=timeout,
-                    check=False,
+                    argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    errors="replace", timeout=timeout, check=False,
                 )
             except subprocess.TimeoutExpired:
                 raise InfrastructureError(
