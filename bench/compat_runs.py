@@ -39,10 +39,12 @@ HERE = Path(__file__).resolve().parent.parent
 DEFAULT_CICD = HERE / ".venv" / "bin" / "cicd"
 DEFAULT_UV = HERE / ".venv" / "bin" / "uv"
 
-# pytest's last line ("=== 12 passed, 1 skipped in 0.5s ===") and unittest's
+# pytest's last line ("=== 12 passed, 1 skipped in 0.5s ===", no "=" under -q) and unittest's
 # ("Ran 16 tests" ... "OK (skipped=2)" / "FAILED (failures=1, errors=1)").
 PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
-PYTEST_SUMMARY = re.compile(r"^=+ .*\b(passed|failed|skipped|error)\b.* in [\d.]+s.*=+$", re.M)
+PYTEST_SUMMARY = re.compile(
+    r"^(?:=+ )?\d+ .*\b(passed|failed|skipped|errors?)\b.* in [\d.]+s\b.*$", re.M
+)
 UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in", re.M)
 UNITTEST_END = re.compile(r"^(OK|FAILED)(?: \((.*)\))?$", re.M)
 COVERAGE_TOTAL = re.compile(r"^TOTAL\s.*?(\d+(?:\.\d+)?)%\s*$", re.M)
