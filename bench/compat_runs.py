@@ -19,6 +19,8 @@ Commands are split with :func:`shlex.split` and run as argument lists, never by 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import re
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,12 @@ HERE = Path(__file__).resolve().parent.parent
 DEFAULT_CICD = HERE / ".venv" / "bin" / "cicd"
 DEFAULT_UV = HERE / ".venv" / "bin" / "uv"
 
-# pytest's last line ("=== 12 passed, 1 skipped in 0.5s ===") and unittest's
+# pytest's last line ("=== 12 passed, 1 skipped in 0.5s ===", no "=" under -q) and unittest's
 # ("Ran 16 tests" ... "OK (skipped=2)" / "FAILED (failures=1, errors=1)").
 PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
-PYTEST_SUMMARY = re.compile(r"^=+ .*\b(passed|failed|skipped|error)\b.* in [\d.]+s.*=+$", re.M)
+PYTEST_SUMMARY = re.compile(
+    r"^(?:=+ )?\d+ .*\b(passed|failed|skipped|errors?)\b.* in [\d.]+s\b.*$", re.M
+)
 UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in", re.M)
 UNITTEST_END = re.compile(r"^(OK|FAILED)(?: \((.*)\))?$", re.M)
 COVERAGE_TOTAL = re.compile(r"^TOTAL\s.*?(\d+(?:\.\d+)?)%\s*$", re.M)
@@ -50,6 +55,8 @@ class Counts:
     passed: int = 0
     failed: int = 0
     skipped: int = 0
+    # pytest's "N errors" (fixtures, collection) and unittest's errors=N, apart from failures.
+    errors: int = 0
     coverage_percent: float | None = None
 
 
@@ -61,6 +68,8 @@ class DirectFigures:
     exit_codes: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
+    # Every run's counts (``counts`` is the last one's): a run can differ from the next.
+    per_run: list[Counts] = field(default_factory=list)
 
 
 @dataclass
@@ -80,8 +89,10 @@ def parse_counts(output: str) -> Counts:
         for number, kind in PYTEST_COUNT.findall(last):
             if kind == "passed":
                 counts.passed += int(number)
-            elif kind in {"failed", "error", "errors"}:
+            elif kind == "failed":
                 counts.failed += int(number)
+            elif kind in {"error", "errors"}:
+                counts.errors += int(number)
             elif kind in {"skipped", "xfailed"}:
                 counts.skipped += int(number)
             elif kind == "xpassed":
@@ -94,13 +105,36 @@ def parse_counts(output: str) -> Counts:
             (key.strip(), int(value))
             for key, value in (part.split("=") for part in ends[-1][1].split(",") if "=" in part)
         )
-        counts.failed = details.get("failures", 0) + details.get("errors", 0)
+        counts.failed = details.get("failures", 0)
+        counts.errors = details.get("errors", 0)
         counts.skipped = details.get("skipped", 0) + details.get("expected failures", 0)
-        counts.passed = total - counts.failed - counts.skipped
+        counts.passed = total - counts.failed - counts.errors - counts.skipped
     totals = COVERAGE_TOTAL.findall(output)
     if totals:
         counts.coverage_percent = float(totals[-1])
     return counts
+
+
+@contextlib.contextmanager
+def neo4j_server(port: int, password: str, run_dir: Path) -> Iterator[str]:
+    """A Neo4j from our own service code (tasks/services, the process backend) on Bolt ``port``.
+
+    For the direct side of a project whose tests need Neo4j: its own CI starts a container on
+    a port the project's URL variable names; the pipeline's backend takes free ports per run,
+    so here the same backend is given ``port`` (HTTP on ``port + 1``). Yields the bolt URI.
+    """
+    sys.path.insert(0, str(HERE))
+    from cicd.config import ServiceConfig
+    from tasks.services import neo4j_process
+
+    neo4j_process.free_ports = lambda count, host="127.0.0.1": [port, port + 1][:count]
+    backend = neo4j_process.Neo4jProcessBackend(provision_missing=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    server = backend.start("compat", ServiceConfig(backend="process", password=password), run_dir)
+    try:
+        yield server.endpoint.uri
+    finally:
+        server.stop()
 
 
 def run_direct(
@@ -111,8 +145,13 @@ def run_direct(
     python: str,
     uv: Path,
     extra_env: dict[str, str],
+    service: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
 ) -> DirectFigures:
-    """A fresh uv venv beside the project, its test dependencies, its own command."""
+    """A fresh uv venv beside the project, its test dependencies, its own command.
+
+    ``service`` (a Neo4j) is started afresh for every run, outside the timing, as a CI job
+    gets a fresh service container; each run's output is kept in ``<project>.direct-N.log``.
+    """
     venv = project.parent / f"{project.name}-venv"
     shutil.rmtree(venv, ignore_errors=True)
     started = time.monotonic()
@@ -126,16 +165,20 @@ def run_direct(
     env = dict(os.environ, VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
     env.pop("PYTHONPATH", None)
     env.update(extra_env)
-    for _ in range(runs):
+    for number in range(1, runs + 1):
         output, code = [], 0
-        started = time.monotonic()
-        for command in commands:
-            done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
-            output.append(done.stdout + done.stderr)
-            code = code or done.returncode
-        figures.seconds.append(round(time.monotonic() - started, 2))
+        with service() if service else contextlib.nullcontext():
+            started = time.monotonic()
+            for command in commands:
+                done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+                output.append(done.stdout + done.stderr)
+                code = code or done.returncode
+            figures.seconds.append(round(time.monotonic() - started, 2))
         figures.exit_codes.append(code)
         figures.counts = parse_counts("\n".join(output))
+        figures.per_run.append(figures.counts)
+        log = project.parent / f"{project.name}.direct-{number}.log"
+        log.write_text("\n".join(output))
     return figures
 
 
@@ -167,6 +210,7 @@ def run_pipeline(cicd: Path, project: Path, ref: str, home: Path) -> PipelineRun
                 "state",
                 "passed",
                 "failed",
+                "errors",
                 "skipped",
                 "coverage_percent",
                 "duration",
@@ -214,9 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the direct command (repeat)"
     )
+    parser.add_argument(
+        "--neo4j-port",
+        type=int,
+        help="start Neo4j (our process backend) on this Bolt port for the direct side",
+    )
+    parser.add_argument("--neo4j-password", default="test-password")
     parser.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--direct-runs", type=int, help="runs of the direct command (default: --runs)"
+    )
     parser.add_argument("--broken-ref", help="a commit that breaks one test: run it twice")
+    parser.add_argument(
+        "--broken-runs", type=int, default=2, help="pipeline runs of --broken-ref (default 2)"
+    )
     parser.add_argument(
         "--home",
         type=Path,
@@ -232,18 +288,27 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"project": str(project), "commit": resolve(project, args.ref)}
 
     if not args.skip_direct and args.direct:
+        service = None
+        if args.neo4j_port:
+            service = functools.partial(
+                neo4j_server,
+                args.neo4j_port,
+                args.neo4j_password,
+                project.parent / f"{project.name}.neo4j",
+            )
         direct = run_direct(
             project,
             args.install,
             [shlex.split(c) for c in args.direct],
-            args.runs,
+            args.direct_runs or args.runs,
             args.python,
             args.uv,
             dict(pair.split("=", 1) for pair in args.env),
+            service,
         )
         figures["direct"] = asdict(direct) | {"median_seconds": statistics.median(direct.seconds)}
         print(f"direct: {' && '.join(args.direct)}  (installed: {' '.join(args.install)})")
-        print(f"  exit {direct.exit_codes}  counts {asdict(direct.counts)}")
+        print(f"  exit {direct.exit_codes}  counts per run {[asdict(c) for c in direct.per_run]}")
         print(
             f"  venv+install {direct.setup_seconds}s  runs {direct.seconds}"
             f"  median {statistics.median(direct.seconds)}s"
@@ -266,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.broken_ref:
             broken = resolve(project, args.broken_ref)
-            reruns = [run_pipeline(args.cicd, project, broken, home) for _ in range(2)]
+            reruns = [
+                run_pipeline(args.cicd, project, broken, home) for _ in range(args.broken_runs)
+            ]
             figures["broken"] = {"commit": broken, "runs": [asdict(r) for r in reruns]}
             print(f"broken commit {broken}:")
             for number, run in enumerate(reruns, 1):
