@@ -12,7 +12,8 @@ environment, and everything stops afterwards, whatever happened.
     neo4j_docker.py   backend: the neo4j:5.26 image
     neo4j_health.py   the Bolt health check both Neo4j backends use
     host.py           free ports, process identity, log tails
-    provision.py      fetches the server's jars
+    provision.py      fetches the server's jars and plugins (APOC)
+    class_data.py     provisioning's last step: the JVM class-data archive, once
     lifecycle.py      running_services, start_service, reap_orphans
     slots.py          neo4j_slot, the per-worker server limit; service_slots adds
                       the fixed ports' locks
