@@ -586,6 +586,8 @@ def port_taken(port: int) -> Iterator[None]:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Else a server that just stopped on the port (TIME_WAIT) keeps this bind from working.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             sock.listen(1)
