@@ -230,6 +230,13 @@ def _neo4j_version(value: str) -> str:
     return value
 
 
+# A fixed host port, like a GitHub Actions `ports: ["7687:7687"]` mapping. Strict int:
+# YAML's `true` or "7687" is not a port.
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+# Plugins the process and docker backends can install (tasks/services/provision.py).
+Neo4jPlugin = Literal["apoc"]
+
+
 DEFAULT_NEO4J_EXPORT = {
     "NEO4J_URI": "{uri}",
     "NEO4J_USER": "{user}",
@@ -251,6 +258,21 @@ class ServiceConfig(_Model):
         dict[EnvName, str], AfterValidator(_placeholders_of(SERVICE_PLACEHOLDERS))
     ] = Field(default_factory=lambda: dict(DEFAULT_NEO4J_EXPORT), max_length=50)
     startup_timeout: Seconds = 180
+    # None: a free port per run. A number: that port on 127.0.0.1, for suites that
+    # hard-code localhost:7687; runs wanting the same port take turns.
+    port: Port | None = None
+    http_port: Port | None = None
+    plugins: list[Neo4jPlugin] = Field(default=[], max_length=5)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServiceConfig:
+        if self.port is not None and self.port == self.http_port:
+            raise ValueError(f"'port' and 'http_port' are both {self.port}")
+        return self
+
+    def fixed_ports(self) -> list[int]:
+        """The host ports this service must have (and so holds while it runs)."""
+        return [port for port in (self.port, self.http_port) if port is not None]
 
 
 DEFAULT_LLM_EXPORT = {
@@ -357,6 +379,15 @@ class PipelineConfig(_Model):
                             f"service {exported_by[variable]!r}, both used by suite {suite_name!r}"
                         )
                     exported_by[variable] = service
+            claimed: dict[int, str] = {}
+            for service in suite.services:
+                for port in self.services[service].fixed_ports():
+                    if port in claimed and claimed[port] != service:
+                        raise ValueError(
+                            f"field 'services.{service}.port': port {port} is also fixed by "
+                            f"service {claimed[port]!r}, both used by suite {suite_name!r}"
+                        )
+                    claimed[port] = service
         for flow_name, settings in self.pipelines.items():
             unused = sorted(settings.model_fields_set - FLOW_SETTINGS[flow_name])
             if unused:

@@ -227,11 +227,11 @@ def run_with_services(
         )  # fmt: skip
     # Imported here: the service layer pulls in the Neo4j driver, which jobs
     # without services do not need.
-    from tasks.services import neo4j_slot, running_services
+    from tasks.services import running_services, service_slots
 
     started = time.monotonic()
     with (
-        neo4j_slot(),
+        service_slots([(s, services[s]) for s in suite.services if s in services]),
         running_services(services, suite.services, reports / f"services-{name}") as service_env,
     ):
         # The job's time includes waiting for a slot and the health check, as a

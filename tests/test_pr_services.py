@@ -103,3 +103,51 @@ def test_cancelled_run_leaves_no_server(sample_repos: dict[str, Path], tmp_path:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+FIXED_PORT_TEST = """import neo4j
+import pytest
+
+pytestmark = pytest.mark.neo4j
+
+
+def test_the_hard_coded_address_with_apoc() -> None:
+    # As a suite written for a GitHub Actions `ports: ["7687:7687"]` service does.
+    with neo4j.GraphDatabase.driver("bolt://localhost:7687", auth=("neo4j", "test-password")) as d:
+        records, _, _ = d.execute_query("RETURN apoc.version() AS v", database_="neo4j")
+    assert records[0]["v"].startswith("5.26.")
+"""
+
+
+def test_a_suite_that_hard_codes_localhost_7687_passes_with_port_7687(
+    sample_repos: dict[str, Path],
+) -> None:
+    from flows.pr_validation import pr_validation
+
+    repo = sample_repos["agentkit"]
+    with commit_on_branch(repo, "neo4j-7687", "test: a suite that hard-codes localhost:7687"):
+        (repo / "tests" / "integration" / "test_fixed_port.py").write_text(FIXED_PORT_TEST)
+        config = repo / "cicd.yaml"
+        config.write_text(
+            config.read_text().replace(
+                "    password: test-password\n",
+                "    password: test-password\n    port: 7687\n    plugins: [apoc]\n", 1,
+            )
+        )
+    with commit_on_branch(repo, "neo4j-7687-free", "test: the same suite on a free port",
+                          base="neo4j-7687"):
+        config = repo / "cicd.yaml"
+        config.write_text(config.read_text().replace("    port: 7687\n", "", 1))
+
+    report = pr_validation(repo=str(repo), ref="neo4j-7687")
+
+    framework = next(job for job in report["jobs"] if job["name"] == "framework")
+    assert framework["state"] == "passed"
+    assert (framework["passed"], framework["failed"], framework["skipped"]) == (4, 0, 0)
+    assert neo4j_servers() == []
+    # The same suite without the fixed port fails: the address is really the one in use.
+    with pytest.raises(PipelineFailed) as failed:
+        pr_validation(repo=str(repo), ref="neo4j-7687-free")
+    jobs = {job.name: job for job in failed.value.report.jobs}
+    assert jobs["framework"].state.value == "failed"
+    assert jobs["framework"].tests is not None and jobs["framework"].tests.failed == 1

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ from tasks.services.neo4j_launch import (
     ProcessSettings,
     cds_archive,
     cds_flags,
+    pending_dump,
     publish_cds,
 )
 from tasks.services.neo4j_process import Neo4jProcessBackend
@@ -253,6 +255,15 @@ def test_container_spec_matches_the_github_actions_service() -> None:
     assert convert_port_bindings(spec["ports"])["7687/tcp"] == [
         {"HostIp": "127.0.0.1", "HostPort": ""}
     ]
+    assert "NEO4J_PLUGINS" not in spec["environment"]
+    # A fixed port and APOC, as `ports: ["7687:7687"]` and NEO4J_PLUGINS would give.
+    fixed = container_spec("neo4j", ServiceConfig(port=7687, plugins=["apoc"]), "t", "o")
+    assert convert_port_bindings(fixed["ports"])["7687/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": "7687"}
+    ]
+    assert fixed["ports"]["7474/tcp"] == ("127.0.0.1", None)
+    assert fixed["environment"]["NEO4J_PLUGINS"] == '["apoc"]'
+    assert fixed["environment"]["NEO4J_dbms_security_procedures_unrestricted"] == "apoc.*"
 
 
 def test_published_ports_are_read_from_the_inspected_container() -> None:
@@ -344,31 +355,30 @@ def test_reap_never_kills_an_unrelated_process_with_a_recorded_pid(service_state
 # --- class-data sharing archive ---------------------------------------------------------
 
 
-def test_cds_archive_is_dumped_once_then_reused(tmp_path: Path) -> None:
+def test_servers_only_map_a_written_archive_and_never_dump(tmp_path: Path) -> None:
     lib = tmp_path / "dist" / "lib"
     lib.mkdir(parents=True)
     archive = cds_archive(sys.executable, lib)
     assert archive.parent == tmp_path / "dist" / "cds"
+    assert cds_flags(archive) == []  # no archive yet: no flag, and no dump at exit either
+
     old_dump = archive.parent / "tmp-neo4j-old.jsa"
     archive.parent.mkdir()
     old_dump.write_bytes(b"killed mid-dump")
     os.utime(old_dump, (time.time() - 7200, time.time() - 7200))
-
-    flags, pending = cds_flags(archive, "neo4j-1")
-    assert pending is not None
-    assert flags == [f"-XX:ArchiveClassesAtExit={pending}"]
+    pending = pending_dump(archive, "cds-1")
+    assert pending.parent == archive.parent and pending != archive
     assert not old_dump.exists()
 
     pending.write_bytes(b"archive")
-    publish_cds(pending, archive, clean_exit=False)  # a killed JVM's dump is not trusted
+    assert not publish_cds(pending, archive, clean_exit=False)  # a killed writer's dump
     assert not archive.exists() and not pending.exists()
 
-    flags, pending = cds_flags(archive, "neo4j-2")
-    assert pending is not None
+    pending = pending_dump(archive, "cds-2")
     pending.write_bytes(b"archive")
-    publish_cds(pending, archive, clean_exit=True)
+    assert publish_cds(pending, archive, clean_exit=True)
     assert archive.read_bytes() == b"archive" and not pending.exists()
-    assert cds_flags(archive, "neo4j-3") == ([f"-XX:SharedArchiveFile={archive}"], None)
+    assert cds_flags(archive) == [f"-XX:SharedArchiveFile={archive}"]
 
 
 # --- provisioning ---------------------------------------------------------------------
@@ -437,8 +447,8 @@ def test_provision_script_reports_the_cache(tmp_path: Path) -> None:
     env = {**os.environ, "CICD_NEO4J_HOME": str(tmp_path / "dist")}
 
     done = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "provision-neo4j")], env=env, capture_output=True,
-        text=True, timeout=60, check=False,
+        [str(REPO_ROOT / "scripts" / "provision-neo4j"), "--no-class-data"], env=env,
+        capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "already present" in done.stdout
@@ -448,6 +458,54 @@ def test_provision_script_reports_the_cache(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "'4.4'" in bad.stderr
+
+
+def write_fake_plugin_mvn(path: Path, jars: list[str]) -> Path:
+    """A stand-in for Maven resolving a plugin's POM: it writes ``jars``."""
+    script = textwrap.dedent(f"""\
+        #!{sys.executable}
+        import sys
+        from pathlib import Path
+        args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("-D") and "=" in a)
+        out = Path(args["outputDirectory"])
+        for jar in {jars!r}:
+            (out / jar).write_text("jar")
+        (out / "argv.txt").write_text("\\n".join(sys.argv[1:]))
+        """)
+    path.write_text(script)
+    path.chmod(0o755)
+    return path
+
+
+def test_a_plugin_is_fetched_once_beside_the_jars_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CICD_NEO4J_HOME", str(tmp_path / "dist"))
+    lib = tmp_path / "dist" / "lib"
+    lib.mkdir(parents=True)
+    for jar in ("neo4j-5.26.30.jar", "commons-lang3-3.18.0.jar"):
+        (lib / jar).write_text("jar")
+    _, _, apoc_version = prov.PLUGINS["apoc"]
+    mvn = write_fake_plugin_mvn(
+        tmp_path / "mvn",
+        [f"apoc-core-{apoc_version}.jar", "commons-lang3-3.12.0.jar", "opencsv-5.7.1.jar"],
+    )
+
+    plugins = prov.ensure_plugin("apoc", "5.26.30", mvn=str(mvn))
+
+    assert plugins == tmp_path / "dist" / "plugins" / f"apoc-core-{apoc_version}"
+    argv = (plugins / "argv.txt").read_text().splitlines()
+    assert argv[3] == str(REPO_ROOT / ".ci" / "neo4j" / "apoc" / "pom.xml")
+    assert f"-Dapoc.version={apoc_version}" in argv
+    # The server's newer commons-lang3 wins; the plugin's own jars stay.
+    assert sorted(p.name for p in plugins.glob("*.jar")) == [
+        f"apoc-core-{apoc_version}.jar", "opencsv-5.7.1.jar",
+    ]
+    (plugins / "argv.txt").unlink()
+    assert prov.ensure_plugin("apoc", "5.26.30", mvn=str(mvn)) == plugins
+    assert not (plugins / "argv.txt").exists()  # Maven did not run again
+    with pytest.raises(BadInput, match="unknown Neo4j plugin 'gds'"):
+        prov.ensure_plugin("gds", "5.26.30", mvn=str(mvn))
 
 
 @pytest.mark.slow
@@ -515,6 +573,103 @@ def test_neo4j_slot_creates_and_holds_the_global_limit(
     assert held.limit == 3
     assert held.active_slots == 1
     assert after.active_slots == 0
+
+
+# --- fixed ports -------------------------------------------------------------------------
+
+FIXED_PORT = 7687  # what suites hard-code (localhost:7687)
+
+
+@contextlib.contextmanager
+def port_taken(port: int) -> Iterator[None]:
+    """A listener on ``port`` that is not ours, like another program's server."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Else a server that just stopped on the port (TIME_WAIT) keeps this bind from working.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1)
+        except OSError:
+            pass  # someone else already holds it: taken all the same
+        yield
+
+
+def processes_under(path: Path) -> list[int]:
+    """PIDs whose command line names ``path`` (a server or admin JVM of that run dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(path) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_a_taken_fixed_port_is_a_clear_error_before_any_jvm(service_state: Path) -> None:
+    from tasks.services.host import PortInUse
+
+    run_dir = service_state / "run"
+    configs = {"graph": ServiceConfig(backend="process", port=FIXED_PORT)}
+    with port_taken(FIXED_PORT):
+        with pytest.raises(PortInUse) as failure, running_services(configs, ["graph"], run_dir):
+            pytest.fail("started on a taken port")
+        assert processes_under(service_state) == []
+
+    message = str(failure.value)
+    assert f"port {FIXED_PORT}" in message and "service 'graph'" in message
+    assert isinstance(failure.value, InfrastructureError)
+    assert server_records() == []
+    assert not any(p.is_dir() for p in run_dir.iterdir())  # no server home was made
+    # A free random port is never refused: the check is only for fixed ports.
+    assert ServiceConfig(backend="process").fixed_ports() == []
+
+
+HOLD_PORT = """\
+import sys, time
+from pathlib import Path
+from tasks.services.slots import port_lock
+with port_lock(int(sys.argv[1]), "holder"):
+    Path(sys.argv[2]).write_text(str(time.time()))
+    time.sleep(float(sys.argv[3]))
+    Path(sys.argv[4]).write_text(str(time.time()))
+"""
+
+
+def test_runs_wanting_the_same_port_take_turns_and_free_ports_do_not_wait(
+    tmp_path: Path,
+) -> None:
+    from tasks.services import service_slots
+
+    port = free_ports(1)[0]  # a port of its own: this test runs beside real 7687 users
+    held, released = tmp_path / "held", tmp_path / "released"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_PORT, str(port), str(held), "3", str(released)],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not held.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.exists()
+        fixed = [("graph", ServiceConfig(port=port))]
+        free = [("other", ServiceConfig())]
+
+        with service_slots(free):  # another run's free ports: no turn to wait for
+            assert not released.exists()
+        with (
+            pytest.raises(InfrastructureError, match=f"port {port} still held"),
+            service_slots(fixed, timeout_seconds=0.2),
+        ):
+            pass
+        with service_slots(fixed):  # waits for the holder, then has the port
+            entered = time.time()
+        assert released.exists()
+        assert entered >= float(released.read_text())
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # --- real servers ----------------------------------------------------------------------
@@ -663,3 +818,82 @@ def test_a_server_that_cannot_start_fails_fast_with_its_log(service_state: Path)
     assert server_records() == []
     assert not any(p.is_dir() for p in (service_state / "run").iterdir())
 
+
+
+@pytest.mark.neo4j
+@pytest.mark.slow
+def test_two_runs_on_port_7687_take_turns_and_get_apoc(service_state: Path) -> None:
+    import threading
+
+    from tasks.services import service_slots
+
+    configs = {"neo4j": ServiceConfig(backend="process", port=FIXED_PORT, plugins=["apoc"])}
+    spans: list[tuple[float, float, list[dict[str, object]]]] = []
+    errors: list[BaseException] = []
+
+    def one_run(label: str) -> None:
+        try:
+            with service_slots(configs.items()), running_services(
+                configs, ["neo4j"], service_state / label
+            ) as env:
+                entered = time.monotonic()
+                assert env["NEO4J_URI"] == f"bolt://127.0.0.1:{FIXED_PORT}"
+                # What a suite that hard-codes the address does.
+                rows = run_cypher(
+                    f"bolt://localhost:{FIXED_PORT}", "neo4j", "test-password",
+                    "RETURN apoc.version() AS version, "
+                    "apoc.coll.sum([1, 2, 3]) AS total, apoc.text.join(['a', 'b'], '-') AS joined",
+                )
+                spans.append((entered, time.monotonic(), rows))
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_run, args=(f"run-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=900)
+    if errors:
+        raise errors[0]
+
+    (_, first_left, rows), (second_entered, _, _) = sorted(spans)
+    assert first_left <= second_entered  # one server on 7687 at a time, neither failed
+    _, _, apoc_version = prov.PLUGINS["apoc"]
+    assert rows == [{"version": apoc_version, "total": 6.0, "joined": "a-b"}]
+    assert server_records() == []
+
+
+@pytest.mark.neo4j
+@pytest.mark.slow
+def test_class_data_is_written_once_and_servers_only_map_it(
+    service_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.services.host import process_cmdline
+    from tasks.services.neo4j_launch import java_binary
+
+    # A distribution of its own (the shared jars, a private cds/ beside them).
+    dist = service_state / "dist"
+    dist.mkdir()
+    (dist / "lib").symlink_to(prov.lib_dir(prov.DEFAULT_NEO4J_VERSION))
+    monkeypatch.setenv("CICD_NEO4J_HOME", str(dist))
+    lib = prov.lib_dir(prov.DEFAULT_NEO4J_VERSION)
+    backend = Neo4jProcessBackend(provision_missing=False)
+
+    archive = backend.write_class_data(lib)
+
+    assert archive == cds_archive(java_binary(), lib) and archive.is_file()
+    assert archive.stat().st_size > 10_000_000  # the classes of a server, not a stub
+    assert list(archive.parent.glob("tmp-*.jsa")) == []
+    assert server_records() == []  # the writer is gone
+    assert backend.write_class_data(lib) == archive  # once: no second writer
+
+    server = backend.start("neo4j", ServiceConfig(backend="process"), service_state / "run")
+    try:
+        argv = process_cmdline(server.pid)
+        assert f"-XX:SharedArchiveFile={archive}" in argv
+        assert not any(arg.startswith("-XX:ArchiveClassesAtExit") for arg in argv)
+        # Mapped, so really in use (-Xshare:auto would silently run without it).
+        assert str(archive) in Path(f"/proc/{server.pid}/maps").read_text()
+    finally:
+        server.stop()
+    assert server.returncode == 0  # it exited on SIGTERM; the kill path was not taken

@@ -12,15 +12,23 @@ environment, and everything stops afterwards, whatever happened.
     neo4j_docker.py   backend: the neo4j:5.26 image
     neo4j_health.py   the Bolt health check both Neo4j backends use
     host.py           free ports, process identity, log tails
-    provision.py      fetches the server's jars
+    provision.py      fetches the server's jars and plugins (APOC)
+    class_data.py     provisioning's last step: the JVM class-data archive, once
     lifecycle.py      running_services, start_service, reap_orphans
-    slots.py          neo4j_slot, the per-worker server limit
+    slots.py          neo4j_slot, the per-worker server limit; service_slots adds
+                      the fixed ports' locks
 """
 
 from tasks.services.all_services import select_backend
 from tasks.services.base import RunningService, ServiceBackend, ServiceEndpoint
 from tasks.services.lifecycle import reap_orphans, running_services, start_service
-from tasks.services.slots import DEFAULT_MAX_SERVERS, NEO4J_LIMIT, max_servers, neo4j_slot
+from tasks.services.slots import (
+    DEFAULT_MAX_SERVERS,
+    NEO4J_LIMIT,
+    max_servers,
+    neo4j_slot,
+    service_slots,
+)
 
 __all__ = [
     "DEFAULT_MAX_SERVERS",
@@ -33,5 +41,6 @@ __all__ = [
     "reap_orphans",
     "running_services",
     "select_backend",
+    "service_slots",
     "start_service",
 ]

@@ -7,9 +7,13 @@ has a different start time, so a leftover record never names a stranger.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
+
+from cicd.errors import InfrastructureError
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -25,6 +29,44 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+class PortInUse(InfrastructureError):
+    """A service's fixed port is held by a program that is not one of this run's servers."""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now.
+
+    SO_REUSEADDR as the JVM's server sockets have on Linux: a port whose last
+    connections linger in TIME_WAIT (a server that just stopped) is free, one
+    with a listener (on this address or on 0.0.0.0) is not; see socket(7).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def check_ports_free(service: str, ports: Iterable[int], host: str = "127.0.0.1") -> None:
+    """Raise :class:`PortInUse` naming the service and the port when one is taken.
+
+    Called before any JVM or container starts, so a taken port costs nothing
+    and leaves nothing behind.
+    """
+    for port in ports:
+        if not port_is_free(port, host):
+            raise PortInUse(
+                f"service {service!r} needs port {port} (services.{service}.port or "
+                f"http_port in cicd.yaml), but {host}:{port} is already in use by another "
+                f"program; `ss -ltnp 'sport = :{port}'` shows which, or drop the fixed port "
+                "to get a free one"
+            )
 
 
 def process_start_time(pid: int) -> int | None:

@@ -14,6 +14,7 @@ from cicd import masking
 from cicd.errors import BadInput, ConfigError, InfrastructureError
 from tasks.services.all_services import every_backend, select_backend
 from tasks.services.base import RunningService, logger
+from tasks.services.host import PortInUse
 
 if TYPE_CHECKING:
     from cicd.config import ServiceConfig
@@ -35,6 +36,8 @@ def start_service(name: str, config: ServiceConfig, run_dir: Path) -> RunningSer
     masking.register([config.password])
     try:
         return backend.start(name, config, run_dir)
+    except PortInUse:
+        raise  # another program's port: trying again at once changes nothing
     except InfrastructureError as exc:
         logger.warning(
             "%s: start on the %s backend failed, retrying once: %s", name, backend.name, exc

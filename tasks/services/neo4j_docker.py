@@ -8,12 +8,16 @@ prefect-docker's own container tasks are ``async def``
 and would silently return coroutines from our sync flows.
 
 Ports are published on 127.0.0.1 with engine-chosen host ports (no clashes
-between concurrent runs). Containers carry ``cicd-flows.service=neo4j`` plus
-the owning process, so ``reap_containers`` removes those of crashed flows.
+between concurrent runs), or the fixed ``port`` / ``http_port``; plugins are
+the image's own ``NEO4J_PLUGINS``
+(https://neo4j.com/docs/operations-manual/5/docker/plugins/). Containers
+carry ``cicd-flows.service=neo4j`` plus the owning process, so
+``reap_containers`` removes those of crashed flows.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from cicd.errors import InfrastructureError
 from tasks.services.base import LOG_TAIL_LINES, ServiceEndpoint, logger
-from tasks.services.host import is_alive, process_start_time
+from tasks.services.host import check_ports_free, is_alive, process_start_time
 from tasks.services.neo4j_health import check_user, wait_until_healthy
 
 if TYPE_CHECKING:
@@ -58,6 +62,14 @@ def owner_is_gone(label: str) -> bool:
 def container_spec(name: str, config: ServiceConfig, token: str, owner: str) -> dict[str, Any]:
     """Keyword arguments for docker-py ``containers.run``: pure, so it is testable
     on machines without an engine."""
+    plugins: dict[str, str] = {}
+    if config.plugins:
+        plugins = {
+            "NEO4J_PLUGINS": json.dumps(config.plugins),
+            "NEO4J_dbms_security_procedures_unrestricted": ",".join(
+                f"{plugin}.*" for plugin in config.plugins
+            ),
+        }
     return {
         "image": f"{IMAGE}:{config.version}",
         "name": f"cicd-neo4j-{token}",
@@ -70,9 +82,10 @@ def container_spec(name: str, config: ServiceConfig, token: str, owner: str) -> 
             "NEO4J_server_memory_heap_max__size": "512m",
             "NEO4J_server_memory_pagecache_size": "64m",
             "NEO4J_dbms_usage__report_enabled": "false",
+            **plugins,
         },
         # Host port None: the engine picks a free one; loopback only.
-        "ports": {BOLT: (HOST, None), HTTP: (HOST, None)},
+        "ports": {BOLT: (HOST, config.port), HTTP: (HOST, config.http_port)},
         "labels": {LABEL_SERVICE: "neo4j", LABEL_NAME: name, LABEL_OWNER: owner},
     }
 
@@ -172,6 +185,7 @@ class Neo4jDockerBackend:
         from docker.errors import DockerException, ImageNotFound
 
         check_user(name, config)
+        check_ports_free(name, config.fixed_ports(), HOST)
         token = f"{name}-{secrets.token_hex(4)}"
         spec = container_spec(name, config, token, owner_label())
         try:

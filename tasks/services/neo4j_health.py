@@ -109,3 +109,25 @@ def wait_until_healthy(
                 f"--- server log (last lines) ---\n{log_tail()}"
             )
         time.sleep(poll)
+
+
+# What a test suite typically runs: writes, reads, an index, a merge, a delete.
+# The class-data writer runs them so the archive holds the Cypher runtime's classes.
+WARM_UP_QUERIES = (
+    "CREATE (:Warm {id: 1})-[:TO]->(:Warm {id: 2})",
+    "CREATE INDEX warm_id IF NOT EXISTS FOR (n:Warm) ON (n.id)",
+    "MATCH (a:Warm)-[r:TO]->(b) WHERE a.id < $limit RETURN a.id, b.id, type(r)",
+    "MERGE (n:Warm {id: 3}) ON CREATE SET n.created = timestamp() RETURN n",
+    "UNWIND range(1, 100) AS i WITH i WHERE i % 2 = 0 RETURN collect(i) AS even",
+    "MATCH (n:Warm) DETACH DELETE n",
+    "DROP INDEX warm_id IF EXISTS",
+)
+
+
+def warm_up(endpoint: ServiceEndpoint) -> None:
+    """Run :data:`WARM_UP_QUERIES` (through the driver, as a test suite would)."""
+    from neo4j import GraphDatabase
+
+    with GraphDatabase.driver(endpoint.uri, auth=(endpoint.user, endpoint.password)) as driver:
+        for query in WARM_UP_QUERIES:
+            driver.execute_query(query, {"limit": 10}, database_=HEALTH_DATABASE)

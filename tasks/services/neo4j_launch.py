@@ -93,9 +93,19 @@ def remove_home(home: Path) -> None:
 
 
 def render_conf(
-    home: Path, lib: Path, bolt_port: int, http_port: int, settings: ProcessSettings
+    home: Path,
+    lib: Path,
+    bolt_port: int,
+    http_port: int,
+    settings: ProcessSettings,
+    unrestricted: Sequence[str] = (),
 ) -> str:
-    """neo4j.conf for one run: loopback only, per-run directories, small memory."""
+    """neo4j.conf for one run: loopback only, per-run directories, small memory.
+
+    ``unrestricted``: procedure patterns of the installed plugins (``apoc.*``)
+    that may use Neo4j's internal APIs, as APOC's install guide asks
+    (https://neo4j.com/docs/apoc/5/installation/#restricted).
+    """
     values = {
         "server.default_listen_address": HOST,
         "server.default_advertised_address": HOST,
@@ -123,6 +133,8 @@ def render_conf(
         "internal.dbms.bolt.netty_server_shutdown_quiet_period": "0",
         "internal.dbms.bolt.netty_server_shutdown_timeout": "2s",
     }
+    if unrestricted:
+        values["dbms.security.procedures.unrestricted"] = ",".join(unrestricted)
     values.update(settings.extra_conf)
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
@@ -145,7 +157,10 @@ def server_argv(
         *settings.extra_jvm,
         f"{MARKER_PROPERTY}{token}",
         "-cp",
-        f"{home / 'plugins'}/*:{lib}/*",
+        # The jars first, the plugins after: a class-data archive written with the
+        # jars alone still matches, since the JVM accepts entries appended to the
+        # dump-time class path (https://docs.oracle.com/en/java/javase/17/vm/class-data-sharing.html).
+        f"{lib}/*:{home / 'plugins'}/*",
         ENTRY_POINT,
         f"--home-dir={home}",
         f"--config-dir={home / 'conf'}",
@@ -186,12 +201,15 @@ def set_initial_password(java: str, home: Path, lib: Path, password: str) -> Non
 # --- class-data sharing -------------------------------------------------------
 #
 # Loading and verifying ~20k classes from 213 jars is a large part of every
-# start. The first server on a machine dumps the classes it loaded into a
-# dynamic CDS archive at exit (-XX:ArchiveClassesAtExit, https://openjdk.org/jeps/350);
-# later servers map it (-XX:SharedArchiveFile). A stale or foreign archive is
+# start. Provisioning writes a dynamic CDS archive of the classes a server
+# loads once (-XX:ArchiveClassesAtExit, https://openjdk.org/jeps/350;
+# ``neo4j_process.write_class_data``); servers only map it, read-only
+# (-XX:SharedArchiveFile). A server never dumps at exit: the dump takes 7-40 s
+# on a busy 2-core box, longer than a stop may. A stale or foreign archive is
 # harmless: the JVM's default -Xshare:auto just runs without it.
 
 CDS_DIR = "cds"
+CDS_LOCK = ".write.lock"
 STALE_DUMP_SECONDS = 3600.0
 
 
@@ -203,25 +221,28 @@ def cds_archive(java: str, lib: Path) -> Path:
     return lib.parent / CDS_DIR / f"neo4j-{key[:16]}.jsa"
 
 
-def cds_flags(archive: Path, token: str) -> tuple[list[str], Path | None]:
-    """JVM flags to use ``archive``, or to dump one; plus the pending dump path."""
-    if archive.is_file():
-        return [f"-XX:SharedArchiveFile={archive}"], None
+def cds_flags(archive: Path) -> list[str]:
+    """JVM flags that map ``archive`` when it has been written; none before."""
+    return [f"-XX:SharedArchiveFile={archive}"] if archive.is_file() else []
+
+
+def pending_dump(archive: Path, token: str) -> Path:
+    """Where the writing server dumps (its own file: a killed dump is never read)."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     now = time.time()
     for stale in archive.parent.glob("tmp-*.jsa"):
-        # Dumps of servers that were killed; a live dump is minutes old at most.
+        # Dumps of writers that were killed; a live dump is minutes old at most.
         with contextlib.suppress(OSError):
             if now - stale.stat().st_mtime > STALE_DUMP_SECONDS:
                 stale.unlink()
-    # Each dumping server writes its own file; the first clean exit publishes it.
-    pending = archive.parent / f"tmp-{token}.jsa"
-    return [f"-XX:ArchiveClassesAtExit={pending}"], pending
+    return archive.parent / f"tmp-{token}.jsa"
 
 
-def publish_cds(pending: Path, archive: Path, clean_exit: bool) -> None:
+def publish_cds(pending: Path, archive: Path, clean_exit: bool) -> bool:
+    """Rename a complete dump into place; whether it was."""
     if clean_exit and pending.is_file() and pending.stat().st_size > 0:
         os.replace(pending, archive)  # atomic: readers never map half a file
         logger.info("saved the Neo4j class-data archive %s", archive)
-    else:
-        pending.unlink(missing_ok=True)
+        return True
+    pending.unlink(missing_ok=True)
+    return False

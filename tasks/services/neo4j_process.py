@@ -6,7 +6,10 @@ with the flags the 5.x bootloader would add (``neo4j_launch``). Skipping the
 bootloader gives one process, one PID, one process group.
 
 Each start gets a fresh home (conf, data, logs) under ``run_dir`` and free
-Bolt/HTTP ports, so concurrent runs never share state. The configured
+Bolt/HTTP ports, so concurrent runs never share state; a fixed ``port`` /
+``http_port`` is checked free before any JVM starts (``slots.service_slots``
+makes runs that want the same port take turns). Plugins are symlinked from
+their cache into the home's ``plugins`` directory. The configured
 password is set like the neo4j image does it: ``neo4j-admin dbms
 set-initial-password`` against the same home before the first start. A pid
 file lets ``neo4j_reaping`` kill the server if its flow crashes.
@@ -15,22 +18,26 @@ file lets ``neo4j_reaping`` kill the server if its flow crashes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cicd import command
+from cicd.config import ServiceConfig
 from cicd.errors import InfrastructureError
+from cicd.locking import try_file_lock
 from tasks.services import provision
 from tasks.services.base import LOG_TAIL_LINES, ServiceEndpoint, logger
-from tasks.services.host import free_ports, process_start_time, tail_lines
-from tasks.services.neo4j_health import check_user, wait_until_healthy
+from tasks.services.host import check_ports_free, free_ports, process_start_time, tail_lines
+from tasks.services.neo4j_health import check_user, wait_until_healthy, warm_up
 from tasks.services.neo4j_launch import (
+    CDS_LOCK,
     CONSOLE_LOG,
     HOST,
     ProcessSettings,
@@ -39,6 +46,7 @@ from tasks.services.neo4j_launch import (
     cds_flags,
     java_binary,
     make_home,
+    pending_dump,
     publish_cds,
     remove_home,
     render_conf,
@@ -47,10 +55,10 @@ from tasks.services.neo4j_launch import (
 )
 from tasks.services.neo4j_reaping import PidRecord, pid_file, reap_orphans, write_record
 
-if TYPE_CHECKING:
-    from cicd.config import ServiceConfig
-
+# A backstop: a server stops in ~1-3 s once it never dumps class data at exit.
 STOP_GRACE_SECONDS = 30.0
+# The one server that writes the class-data archive may take this long to dump it.
+CDS_DUMP_GRACE_SECONDS = 600.0
 FAILED_START_GRACE_SECONDS = 5.0
 # After the group is gone, the leader's exit status is already there to read.
 WAIT_AFTER_KILL_SECONDS = 10.0
@@ -66,15 +74,12 @@ class Neo4jProcess:
         home: Path,
         pid_file: Path,
         keep_log: Path | None,
-        cds_dump: tuple[Path, Path] | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._proc = proc
         self.home = home
         self.pid_file = pid_file
         self._keep_log = keep_log
-        # (pending dump, final archive) when this server writes the CDS archive.
-        self._cds_dump = cds_dump
         self._stopped = False
 
     @property
@@ -93,6 +98,12 @@ class Neo4jProcess:
     @property
     def ident(self) -> str:
         return str(self._proc.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        """The JVM's exit status once it ended: 0 after a clean SIGTERM stop,
+        ``-SIGKILL`` when the grace ran out (``None`` while it runs)."""
+        return self._proc.poll()
 
     def exit_reason(self) -> str | None:
         code = self._proc.poll()
@@ -126,8 +137,6 @@ class Neo4jProcess:
             if self._proc.returncode == -signal.SIGKILL:
                 logger.warning("%s: no exit %.0fs after SIGTERM; killed", self.endpoint.name, grace)
         finally:
-            if self._cds_dump is not None:
-                publish_cds(*self._cds_dump, clean_exit=self._proc.returncode == 0)
             command.unregister_group(self.pgid)
             self.pid_file.unlink(missing_ok=True)
             if self._keep_log is not None:
@@ -181,12 +190,26 @@ class Neo4jProcessBackend:
         check_user(name, config)
         java = java_binary()
         lib = self._lib(config)
+        # Before any JVM (the admin tool is one): a taken port leaves nothing behind.
+        check_ports_free(name, config.fixed_ports(), HOST)
+        plugins = [
+            provision.ensure_plugin(plugin, provision.distribution_version(config.version))
+            for plugin in config.plugins
+        ]
+        cds = self._cds_flags(java, lib)
         token = f"{name}-{secrets.token_hex(4)}"
         home = run_dir / token
         make_home(home, token)
-        bolt_port, http_port = free_ports(2, HOST)
+        for plugin_dir in plugins:
+            for jar in sorted(plugin_dir.glob("*.jar")):
+                (home / "plugins" / jar.name).symlink_to(jar)
+        fixed = config.fixed_ports()
+        spare = iter([port for port in free_ports(2 + len(fixed), HOST) if port not in fixed])
+        bolt_port = config.port or next(spare)
+        http_port = config.http_port or next(spare)
+        unrestricted = [f"{plugin}.*" for plugin in config.plugins]
         (home / "conf" / "neo4j.conf").write_text(
-            render_conf(home, lib, bolt_port, http_port, self.settings)
+            render_conf(home, lib, bolt_port, http_port, self.settings, unrestricted)
         )
         endpoint = ServiceEndpoint(
             name=name, host=HOST, port=bolt_port, http_port=http_port,
@@ -198,12 +221,6 @@ class Neo4jProcessBackend:
             remove_home(home)
             raise
 
-        cds: list[str] = []
-        cds_dump: tuple[Path, Path] | None = None
-        if self.settings.class_data_sharing:
-            archive = cds_archive(java, lib)
-            cds, pending = cds_flags(archive, token)
-            cds_dump = None if pending is None else (pending, archive)
         argv = server_argv(java, home, lib, token, self.settings, cds)
         with (home / CONSOLE_LOG).open("wb") as console:
             proc = subprocess.Popen(
@@ -223,9 +240,7 @@ class Neo4jProcessBackend:
             token=token, name=name, pid=proc.pid, start_time=process_start_time(proc.pid),
             home=str(home), owner_pid=os.getpid(), owner_start_time=process_start_time(os.getpid()),
         )
-        server = Neo4jProcess(
-            endpoint, proc, home, pid_file(token), run_dir / f"{token}.log", cds_dump
-        )
+        server = Neo4jProcess(endpoint, proc, home, pid_file(token), run_dir / f"{token}.log")
         try:
             write_record(record)
             waited = wait_until_healthy(
@@ -242,3 +257,59 @@ class Neo4jProcessBackend:
             "%s: Neo4j healthy on %s after %.1fs (pid %d)", name, endpoint.uri, waited, proc.pid
         )
         return server
+
+    # --- the class-data archive ---------------------------------------------------
+
+    def _cds_flags(self, java: str, lib: Path) -> list[str]:
+        if not self.settings.class_data_sharing:
+            return []
+        archive = cds_archive(java, lib)
+        if not archive.is_file() and self.provision_missing:
+            # Like the jars: written on first use when provisioning did not.
+            try:
+                self.write_class_data(lib, wait=False)
+            except InfrastructureError as exc:
+                logger.warning("no Neo4j class-data archive (starts are slower): %s", exc)
+        return cds_flags(archive)
+
+    def write_class_data(self, lib: Path, *, wait: bool = True) -> Path | None:
+        """Write the class-data archive of ``lib`` once; the archive, or None.
+
+        One server starts with -XX:ArchiveClassesAtExit, runs a few queries so
+        the Cypher runtime's classes are loaded too, and is stopped with a
+        grace long enough for the dump; its file is renamed into place only
+        after a clean exit. ``wait=False``: when another process is writing
+        it, return None at once (that start runs without the archive).
+        """
+        java = java_binary()
+        archive = cds_archive(java, lib)
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with try_file_lock(archive.parent / CDS_LOCK, wait=wait) as locked:
+            if archive.is_file():
+                return archive
+            if not locked:
+                return None
+            token = f"cds-{secrets.token_hex(4)}"
+            pending = pending_dump(archive, token)
+            writer = Neo4jProcessBackend(
+                dataclasses.replace(
+                    self.settings,
+                    class_data_sharing=False,
+                    extra_jvm=(*self.settings.extra_jvm, f"-XX:ArchiveClassesAtExit={pending}"),
+                ),
+                provision_missing=False,
+            )
+            logger.info("writing the Neo4j class-data archive %s (once)", archive)
+            clean = False
+            try:
+                with tempfile.TemporaryDirectory(prefix="neo4j-cds-") as tmp:
+                    server = writer.start("class-data", ServiceConfig(backend="process"), Path(tmp))
+                    try:
+                        warm_up(server.endpoint)
+                    finally:
+                        server.stop(grace=CDS_DUMP_GRACE_SECONDS)
+                clean = server.returncode == 0
+            finally:
+                # A killed or failed writer's dump is deleted, never trusted.
+                saved = publish_cds(pending, archive, clean)
+            return archive if saved else None

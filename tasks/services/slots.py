@@ -1,20 +1,35 @@
 """How many Neo4j servers one worker runs at once: a Prefect global
 concurrency limit (https://docs.prefect.io/v3/concepts/global-concurrency-limits),
-created on first use.
+created on first use; and who has a fixed port (``services.<name>.port``):
+one file lock per port, so runs that want 7687 take turns instead of failing
+half-way, while servers on free ports keep running side by side.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cicd.errors import BadInput
+from cicd.errors import BadInput, InfrastructureError
+from cicd.locking import try_file_lock
 from tasks.services.base import logger
+
+if TYPE_CHECKING:
+    from cicd.config import ServiceConfig
 
 NEO4J_LIMIT = "cicd-neo4j-servers"
 DEFAULT_MAX_SERVERS = 2
 MAX_SERVERS_ENV = "CICD_NEO4J_MAX_SERVERS"
+# Ports belong to the machine, not to one CICD_HOME: the locks live in the
+# system's temporary directory, shared by every cicd-flows run on this host.
+PORT_LOCK_DIR = "cicd-flows-ports"
+PORT_POLL_SECONDS = 0.5
+PORT_WAIT_LOG_SECONDS = 60.0
 
 
 def max_servers() -> int:
@@ -92,4 +107,58 @@ def neo4j_slot(timeout_seconds: float | None = None) -> Iterator[None]:
         strict=True,
         raise_on_lease_renewal_failure=False,
     ):
+        yield
+
+
+def port_lock_path(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / PORT_LOCK_DIR / f"{port}.lock"
+
+
+@contextmanager
+def port_lock(port: int, holder: str, timeout_seconds: float | None = None) -> Iterator[None]:
+    """Hold ``port`` for this run until the block ends; wait while another run has it.
+
+    A file lock (flock(2)): the kernel drops it when its holder dies, so a
+    crashed run never keeps a port. The holder's description is written into
+    the file for the wait message.
+    """
+    path = port_lock_path(port)
+    started = time.monotonic()
+    next_log = started
+    while True:
+        with try_file_lock(path, wait=False) as locked:
+            if locked:
+                path.write_text(f"{holder} (pid {os.getpid()})\n")
+                yield
+                return
+        waited = time.monotonic() - started
+        if timeout_seconds is not None and waited >= timeout_seconds:
+            raise InfrastructureError(
+                f"{holder}: port {port} still held by another run after {waited:.0f}s"
+            )
+        if time.monotonic() >= next_log:
+            try:
+                owner = path.read_text().strip() or "another run"
+            except OSError:
+                owner = "another run"
+            logger.info("%s: waiting for port %d, held by %s", holder, port, owner)
+            next_log = time.monotonic() + PORT_WAIT_LOG_SECONDS
+        time.sleep(PORT_POLL_SECONDS)
+
+
+@contextmanager
+def service_slots(
+    configs: Iterable[tuple[str, ServiceConfig]], timeout_seconds: float | None = None
+) -> Iterator[None]:
+    """What a job holds while its services run: their fixed ports, then a server slot.
+
+    Ports first and in ascending order: two jobs wanting the same ports never
+    wait for each other crosswise, and a job waiting for a port does not sit
+    on a server slot that a job with free ports could use.
+    """
+    owners = {port: name for name, config in configs for port in config.fixed_ports()}
+    with ExitStack() as stack:
+        for port, name in sorted(owners.items()):
+            stack.enter_context(port_lock(port, f"service {name!r}", timeout_seconds))
+        stack.enter_context(neo4j_slot(timeout_seconds))
         yield
