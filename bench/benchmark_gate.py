@@ -84,6 +84,8 @@ def main() -> int:
             print(json.dumps(row), flush=True)
     for ref in (args.ref, args.slow_ref):
         mine = [r for r in results if r["ref"] == ref]
+        if not mine:
+            continue
         passed = sum(r["state"] == "passed" for r in mine)
         print(
             f"{ref}: {passed}/{len(mine)} passed, "
