@@ -23,9 +23,10 @@ from cicd.config import EnvironmentConfig, SuiteConfig, detect_defaults
 from cicd.coverage_config import find_coverage_settings
 from cicd.pytest_config import find_pytest_config
 from cicd.results import JobResult, JobState
+from tasks import job_runner
 from tasks.environments import Environment, ensure_environment
 from tasks.job import Deadline
-from tasks.testing import run_suite
+from tasks.testing import SuiteJob, run_suite
 from tests import layout_repos
 from tests.layout_repos import BROKEN_TEST, TESTPATHS_FILES, project_with_testpaths, write
 
@@ -242,3 +243,66 @@ def test_a_usage_error_is_named(workspace: Path, tools_env: Environment) -> None
     result = run(workspace, tools_env, SuiteConfig(args=["--no-such-option"]))
     assert result.state is JobState.FAILED
     assert result.reason.startswith("pytest usage error (exit 4): ERROR: usage:")
+
+
+# ----------------------------------------------------------------- through the cache
+
+
+def run_in_flow(job: SuiteJob, workspace: Path) -> JobResult:
+    from prefect import flow
+
+    from cicd.runs import pipeline_run
+
+    @flow(name="suite-discovery-test")
+    def one_job(job: Any) -> JobResult:
+        with pipeline_run("suite-discovery-test") as run:
+            return job_runner.run_job(job, run, workspace)
+
+    return one_job(job)
+
+
+FAILING_LAYOUTS = {
+    "fail_under": lambda root: layout_repos.plugin_project(root, "fail_under = 100\n"),
+    "collection error": lambda root: write(
+        project_with_testpaths(root, "tox.ini"), {"testing/test_broken.py": BROKEN_TEST}
+    ),
+    "no tests": lambda root: project_with_testpaths(root, "tox.ini", tests="# none yet\n"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("layout", sorted(FAILING_LAYOUTS))
+def test_a_failing_verdict_is_never_served_from_the_cache_nor_skipped(
+    workspace: Path, tools_env: Environment, layout: str
+) -> None:
+    FAILING_LAYOUTS[layout](workspace)
+    suite = detect_defaults(workspace).tests["unit"]
+    job = SuiteJob("unit", suite, tools_env.for_workspace(workspace), source=uuid.uuid4().hex)
+
+    results = [run_in_flow(job, workspace) for _ in range(2)]
+
+    assert [r.state for r in results] == [JobState.FAILED, JobState.FAILED]
+    assert results[0].reason == results[1].reason != ""
+    assert "cache" not in results[1].reason
+    # A docs-only change on this commit would run the job again, not skip it.
+    assert not job_runner.passed_before(job)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_an_allowed_empty_suite_passes_then_is_cached_with_its_original_duration(
+    workspace: Path, tools_env: Environment
+) -> None:
+    project_with_testpaths(workspace, "tox.ini", tests="# none yet\n")
+    suite = detect_defaults(workspace).tests["unit"].model_copy(update={"allow_empty": True})
+    job = SuiteJob("unit", suite, tools_env.for_workspace(workspace), source=uuid.uuid4().hex)
+
+    first = run_in_flow(job, workspace)
+    second = run_in_flow(job, workspace)
+
+    assert first.state is JobState.PASSED and second.state is JobState.CACHED
+    assert job_runner.passed_before(job)
+    data = second.to_json()
+    assert data["cached"] is True
+    assert data["original_duration"] == data["duration"] == round(first.duration, 3) > 0
