@@ -63,9 +63,7 @@ def _ini_report(path: Path, name: str, ours: bool) -> dict[str, Any] | None:
     except configparser.Error as exc:
         raise ConfigError(name, [f"not a valid ini file ({clipped(str(exc), 100)})"]) from None
     prefixes = ["coverage:", ""] if ours else ["coverage:"]
-    sections = [
-        s for s in parser.sections() if any(s.startswith(p) for p in prefixes if p) or ours
-    ]
+    sections = [s for s in parser.sections() if any(s.startswith(p) for p in prefixes if p) or ours]
     if not sections and not ours:
         return None
     for prefix in prefixes:

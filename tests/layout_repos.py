@@ -37,7 +37,7 @@ import gadget
 GADGET_NAME = gadget.NAME
 '''
 
-PASSING_TESTS = '''import gadget
+PASSING_TESTS = """import gadget
 
 
 def test_size() -> None:
@@ -46,12 +46,12 @@ def test_size() -> None:
 
 def test_name() -> None:
     assert gadget.NAME == "gadget"
-'''
+"""
 
 # Outside testpaths: collected only if the project's configuration is ignored.
-DECOY_TEST = '''def test_outside_testpaths() -> None:
+DECOY_TEST = """def test_outside_testpaths() -> None:
     raise AssertionError("collected from outside the project's testpaths")
-'''
+"""
 
 BROKEN_TEST = "import module_that_does_not_exist\n\n\ndef test_never_runs() -> None:\n    pass\n"
 

@@ -306,3 +306,30 @@ def test_an_allowed_empty_suite_passes_then_is_cached_with_its_original_duration
     data = second.to_json()
     assert data["cached"] is True
     assert data["original_duration"] == data["duration"] == round(first.duration, 3) > 0
+
+
+EXIT_LAYOUTS = {
+    # A plugin (here the project's conftest) that raises inside pytest: exit 3.
+    "internal error": (
+        {"conftest.py": "def pytest_collection_modifyitems(items):\n    raise RuntimeError()\n"},
+        "pytest internal error (exit 3): INTERNALERROR>",
+    ),
+    # pytest.exit() in a test stops the session: exit 2, no collection error.
+    "interrupted": (
+        {"testing/test_stop.py": "import pytest\n\n\ndef test_stop():\n    pytest.exit('stop')\n"},
+        "pytest was interrupted (exit 2): ",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", sorted(EXIT_LAYOUTS))
+def test_pytest_exit_codes_are_named(workspace: Path, tools_env: Environment, layout: str) -> None:
+    files, reason = EXIT_LAYOUTS[layout]
+    write(project_with_testpaths(workspace, "tox.ini"), files)
+
+    result = run(workspace, tools_env, detect_defaults(workspace).tests["unit"])
+
+    assert result.state is JobState.FAILED
+    assert result.reason.startswith(reason), result.reason
+    assert result.tests is None or result.tests.failed == 0
