@@ -10,6 +10,7 @@ are detected from the target's ``pyproject.toml``.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Iterator
@@ -49,7 +50,9 @@ from cicd.config_schema import (
     SuiteConfig,
     ToolConfig,
 )
+from cicd.coverage_config import find_coverage_settings
 from cicd.errors import ConfigError
+from cicd.pytest_config import find_pytest_config
 from cicd.quality_detection import PRE_COMMIT_CONFIG, detected_tools, mypy_config
 
 __all__ = [
@@ -148,6 +151,32 @@ def _package_dirs(root: Path) -> list[str]:
     return [str(p.relative_to(root)) for p in found]
 
 
+# Not searched for test files: pytest's own default norecursedirs and the like
+# (https://docs.pytest.org/en/stable/reference/reference.html#confval-norecursedirs).
+_NOT_SEARCHED = frozenset({"build", "dist", "node_modules", "venv", "__pycache__", "site-packages"})
+
+
+def _collected_by_default(name: str) -> bool:
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+def _has_tests(root: Path) -> bool:
+    """pytest is configured, there is a tests directory, or a file pytest would
+    collect by default (``test_*.py``, ``*_test.py``): the project has tests."""
+    if any((root / name).is_dir() for name in ("tests", "test", "testing")):
+        return True
+    try:
+        if find_pytest_config(root).inifile is not None:
+            return True
+    except ConfigError:
+        return True  # pytest will say what is wrong with it
+    for _dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _NOT_SEARCHED]
+        if any(_collected_by_default(name) for name in filenames):
+            return True
+    return False
+
+
 def detect_defaults(root: Path) -> PipelineConfig:
     """Sensible defaults for a target without ``cicd.yaml``, from ``pyproject.toml``."""
     pyproject = _read_pyproject(root)
@@ -155,7 +184,6 @@ def detect_defaults(root: Path) -> PipelineConfig:
     optional = project.get("optional-dependencies", {}) if isinstance(project, dict) else {}
     extras = [name for name in ("dev", "test", "tests") if name in optional][:1]
     packages = _package_dirs(root)
-    has_tests = (root / "tests").is_dir()
 
     # Each linter the project configures (its own files) or runs as a pre-commit
     # hook, with no path that would override its own configuration; mypy without
@@ -166,9 +194,15 @@ def detect_defaults(root: Path) -> PipelineConfig:
             quality["mypy"] = {"paths": packages}
         else:
             del quality["mypy"]
+    # A suite with no path: pytest's own configuration (testpaths in
+    # pytest.ini, pyproject.toml, tox.ini or setup.cfg; else the rootdir)
+    # decides what it collects, and a suite that collects nothing fails. The
+    # project's coverage.py configuration, where it has one, decides what is
+    # measured; else its packages are.
     tests: dict[str, Any] = {}
-    if has_tests:
-        tests["unit"] = {"paths": ["tests"], "coverage": packages}
+    if _has_tests(root):
+        has_coverage_config = find_coverage_settings(root).file is not None
+        tests["unit"] = {"coverage": True if has_coverage_config else packages}
     try:
         return PipelineConfig.model_validate(
             {"environment": {"extras": extras}, "quality": quality, "tests": tests}
@@ -210,7 +244,7 @@ def _path_fields(config: PipelineConfig) -> Iterator[tuple[str, str]]:
     for name, suite in config.tests.items():
         for i, path in enumerate(suite.paths):
             yield f"tests.{name}.paths[{i}]", path.split("::", 1)[0]
-        for i, path in enumerate(suite.coverage):
+        for i, path in enumerate(suite.coverage_sources):
             yield f"tests.{name}.coverage[{i}]", path
         for i, arg in enumerate(suite.args):
             if not arg.startswith("-"):

@@ -208,17 +208,46 @@ class QualityConfig(_Model):
         return {name: tool for name, tool in found.items() if tool is not None}
 
 
+def _paths_given(paths: list[str]) -> list[str]:
+    # A default is not validated: only a `paths: []` written in cicd.yaml gets here.
+    if not paths:
+        raise ValueError(
+            "an empty list; leave 'paths' out to let pytest's own configuration "
+            "(testpaths) decide what is collected"
+        )
+    return paths
+
+
+Percent = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=100, allow_inf_nan=False)]
+
+
 class SuiteConfig(_Model):
     """One pytest suite, like a GitHub Actions test job."""
 
-    paths: list[RepoPath] = Field(min_length=1, max_length=100)
+    # Empty: no path argument, pytest's own configuration decides (testpaths,
+    # rootdir); paths given here are passed and override it.
+    paths: Annotated[list[RepoPath], AfterValidator(_paths_given)] = Field(
+        default=[], max_length=100
+    )
     markers: str | None = Field(default=None, max_length=1000)
     args: list[Argument] = Field(default=[], max_length=100)
-    coverage: list[RepoPath] = Field(default=[], max_length=100)
+    # `true`: measured with the project's own coverage.py configuration; a list:
+    # those paths are coverage's --source (over the project's `source`).
+    coverage: (
+        Annotated[bool, Field(strict=True)] | Annotated[list[RepoPath], Field(max_length=100)]
+    ) = []
+    # The bar for the total; the project's own `fail_under` applies without it.
+    fail_under: Percent | None = None
+    # A suite that collects no test fails unless it says so.
+    allow_empty: bool = False
     services: list[Name] = Field(default=[], max_length=10)
     llm: bool = False
     env: dict[EnvName, str] = Field(default={}, max_length=200)
     timeout: Seconds = 900
+
+    @property
+    def coverage_sources(self) -> list[str]:
+        return [] if isinstance(self.coverage, bool) else list(self.coverage)
 
 
 def _neo4j_version(value: str) -> str:

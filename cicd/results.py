@@ -62,6 +62,8 @@ class TestCounts:
     errors: int = 0
     skipped: int = 0
     failures: tuple[TestFailure, ...] = ()
+    # Of ``errors``, the modules pytest could not collect (import errors).
+    collection_errors: int = 0
 
     @property
     def total(self) -> int:
@@ -94,10 +96,14 @@ class JobResult:
         if self.state is JobState.CACHED:
             # The duration above is the original run's: nothing ran this time.
             data["cached_from"] = {"flow_run": self.origin, "duration": round(self.duration, 3)}
+            data.update(cached=True, original_duration=data["duration"])
         if self.tests is not None:
+            # Failed tests, errors (set-up, tear-down, collection) apart, as pytest counts them.
             data.update(
                 passed=self.tests.passed,
-                failed=self.tests.failed + self.tests.errors,
+                failed=self.tests.failed,
+                errors=self.tests.errors,
+                collection_errors=self.tests.collection_errors,
                 skipped=self.tests.skipped,
                 failures=[asdict(f) for f in self.tests.failures],
             )

@@ -404,7 +404,8 @@ def tool_packages(config: PipelineConfig, suites: Iterable[SuiteConfig] = ()) ->
     if suites:
         packages.append("pytest")
     if any(suite.coverage for suite in suites):
-        packages.append("pytest-cov")
+        # `coverage run -m pytest` (tasks/coverage_run.py), not pytest-cov.
+        packages.append("coverage")
     if config.benchmarks is not None:
         packages.append("pytest-benchmark")
     return packages

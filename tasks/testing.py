@@ -7,9 +7,7 @@ variables in ``extra_env``.
 
 from __future__ import annotations
 
-import json
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,8 +15,11 @@ from typing import ClassVar
 
 from cicd import masking
 from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
-from cicd.errors import CicdError
-from cicd.results import JobResult, JobState, StepResult, TestCounts, TestFailure
+from cicd.errors import ConfigError
+from cicd.pytest_config import find_pytest_config
+from cicd.results import JobResult, JobState, StepResult
+from tasks import coverage_run
+from tasks.coverage_run import parse_coverage
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
 from tasks.job import (
     Deadline,
@@ -27,29 +28,23 @@ from tasks.job import (
     JobSkipped,
     failure_reason,
     run_step,
-    state_of,
 )
+from tasks.pytest_outcome import NO_TESTS_COLLECTED, ReportError, exit_reason, parse_junit
 
-# pytest's exit codes (pytest.ExitCode), named for the messages below.
-PYTEST_TESTS_FAILED = 1
-PYTEST_NO_TESTS = 5
-MESSAGE_CHARS = 500
-
-
-class ReportError(CicdError):
-    """A JUnit or coverage report is missing or unreadable."""
+__all__ = ["ReportError", "parse_coverage", "parse_junit", "pytest_argv", "run_suite"]
 
 
 def pytest_argv(
-    python: Path,
-    suite: SuiteConfig,
-    junit_path: Path,
-    coverage_path: Path | None,
-    coverage_html: Path | None = None,
+    python: Path, suite: SuiteConfig, junit_path: Path, coverage: bool = False
 ) -> list[str]:
+    """The test command: pytest, under ``coverage run`` when the suite measures.
+
+    No path unless cicd.yaml names one: pytest's own configuration (testpaths,
+    rootdir) decides what it collects, as in the project's own CI.
+    """
+    start = coverage_run.run_argv(python, suite) if coverage else [str(python), "-m"]
     argv = [
-        str(python),
-        "-m",
+        *start,
         "pytest",
         *suite.paths,
         "-p",
@@ -60,53 +55,19 @@ def pytest_argv(
     ]
     if suite.markers:
         argv += ["-m", suite.markers]
-    if coverage_path is not None:
-        argv += [f"--cov={source}" for source in suite.coverage]
-        argv += [f"--cov-report=json:{coverage_path}", "--cov-report=term"]
-        if coverage_html is not None:
-            argv.append(f"--cov-report=html:{coverage_html}")
     return argv + list(suite.args)
 
 
-def _first_line(text: str | None) -> str:
-    text = (text or "").strip()
-    return text.splitlines()[0][:MESSAGE_CHARS] if text else ""
-
-
-def parse_junit(path: Path) -> TestCounts:
-    """Counts and failing tests from a JUnit XML report (pytest's xunit2 flavour)."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise ReportError(f"cannot read JUnit report {path}: {exc}") from None
-    passed = failed = errors = skipped = 0
-    failures: list[TestFailure] = []
-    for case in root.iter("testcase"):
-        name = f"{case.get('classname', '')}::{case.get('name', '')}".lstrip(":")
-        outcome = next(
-            (child for child in case if child.tag in {"failure", "error", "skipped"}), None
-        )
-        if outcome is None:
-            passed += 1
-        elif outcome.tag == "skipped":
-            skipped += 1
-        else:
-            if outcome.tag == "failure":
-                failed += 1
-            else:
-                errors += 1
-            message = outcome.get("message") or _first_line(outcome.text)
-            failures.append(TestFailure(name, message[:MESSAGE_CHARS]))
-    return TestCounts(passed, failed, errors, skipped, tuple(failures))
-
-
-def parse_coverage(path: Path) -> float:
-    """Total line coverage in percent from coverage.py's JSON report."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return float(data["totals"]["percent_covered"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ReportError(f"cannot read coverage report {path}: {exc}") from None
+def _where(workspace: Path, suite: SuiteConfig) -> str:
+    """Where pytest looked for tests, for the "collected no tests" reason."""
+    if suite.paths:
+        where = " ".join(suite.paths)
+    else:
+        try:
+            where = find_pytest_config(workspace).describe()
+        except ConfigError as exc:  # pytest said what it thinks of the file
+            where = f"the repository ({exc})"
+    return where + (f" with -m {suite.markers!r}" if suite.markers else "")
 
 
 def run_suite(
@@ -124,15 +85,20 @@ def run_suite(
     started = time.monotonic()
     reports_dir.mkdir(parents=True, exist_ok=True)
     junit_path = reports_dir / f"junit-{name}.xml"
-    coverage_path = reports_dir / f"coverage-{name}.json" if suite.coverage else None
+    measures = bool(suite.coverage)
+    coverage_path = reports_dir / f"coverage-{name}.json" if measures else None
     html_dir = reports_dir / f"coverage-html-{name}" if coverage_path and coverage_html else None
-    for stale in (junit_path, coverage_path):
+    data = coverage_run.data_file(reports_dir, name)
+    for stale in (junit_path, coverage_path, *coverage_run.stale_data(reports_dir, name)):
         if stale is not None:
             stale.unlink(missing_ok=True)
     environ = env.environ({**suite.env, **(extra_env or {})})
+    if measures:
+        # Over the configuration's data_file: this job's reports hold its data.
+        environ["COVERAGE_FILE"] = str(data)
     step = run_step(
         "pytest",
-        pytest_argv(env.python, suite, junit_path, coverage_path, html_dir),
+        pytest_argv(env.python, suite, junit_path, coverage=measures),
         cwd=workspace,
         env=environ,
         deadline=deadline,
@@ -142,16 +108,31 @@ def run_suite(
     # keeps no trace of it, on disk or in the counts' messages.
     masking.mask_file(junit_path)
     tests = parse_junit(junit_path) if junit_path.is_file() else None
-    coverage = parse_coverage(coverage_path) if coverage_path and coverage_path.is_file() else None
-    state = state_of([step])
-    if step.returncode == PYTEST_NO_TESTS:
-        reason = f"no tests collected from {', '.join(suite.paths)}"
-    elif state is JobState.FAILED and step.returncode == PYTEST_TESTS_FAILED and tests:
-        reason = f"{tests.failed + tests.errors} test(s) failed"
-    elif state.ok:
-        reason = ""
-    else:
-        reason = failure_reason([step], deadline)
+    steps: tuple[StepResult, ...] = (step,)
+    reasons: list[str] = []
+    state = JobState.PASSED
+    if step.timed_out:
+        state, reasons = JobState.TIMED_OUT, [failure_reason([step], deadline)]
+    elif step.returncode == NO_TESTS_COLLECTED and suite.allow_empty:
+        reasons = [f"collected no tests from {_where(workspace, suite)} (allow_empty)"]
+    elif step.returncode != 0:
+        state = JobState.FAILED
+        where = _where(workspace, suite)
+        reasons = [exit_reason(step.returncode, tests, step.output_tail, where)]
+    coverage = None
+    if measures and coverage_path is not None and not step.timed_out:
+        measured = coverage_run.report(
+            env.python, suite, workspace, environ, data, coverage_path, html_dir, deadline,
+            log_path,
+        )  # fmt: skip
+        steps += measured.steps
+        coverage = measured.percent
+        # "No data" after a run that collected nothing says nothing more.
+        if measured.reason and (measured.percent is not None or step.returncode == 0):
+            reasons.append(measured.reason)
+            state = JobState.FAILED if state is JobState.PASSED else state
+        if any(s.timed_out for s in measured.steps):
+            state = JobState.TIMED_OUT
     details = {"junit": str(junit_path)}
     if coverage_path is not None:
         details["coverage"] = str(coverage_path)
@@ -161,10 +142,10 @@ def run_suite(
         name=name,
         state=state,
         duration=time.monotonic() - started,
-        steps=(step,),
+        steps=steps,
         tests=tests,
         coverage_percent=coverage,
-        reason=reason,
+        reason="; ".join(reasons),
         details=details,
     )
 
@@ -188,7 +169,8 @@ class SuiteJob:
     coverage_html: bool = False
 
     kind: ClassVar[str] = "tests"
-    version: ClassVar[str] = "1"
+    # 2: coverage run instead of pytest-cov, errors and the coverage bar apart.
+    version: ClassVar[str] = "2"
 
     @property
     def timeout(self) -> float:
@@ -290,7 +272,7 @@ class MatrixJob:
     services: dict[str, ServiceConfig] = field(default_factory=dict)
 
     kind: ClassVar[str] = "matrix"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     @property
     def timeout(self) -> float:

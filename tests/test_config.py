@@ -183,7 +183,8 @@ def test_defaults_enable_only_configured_tools(tmp_path: Path) -> None:
     # No path of ours: ruff's own configuration decides what it checks (issue 9).
     assert config.quality.ruff is not None and config.quality.ruff.paths == []
     assert config.environment.extras == ["dev"]
-    assert config.tests["unit"].paths == ["tests"]
+    # No path: pytest's own configuration decides what it collects.
+    assert config.tests["unit"].paths == []
     assert config.tests["unit"].coverage == ["src/pkg"]
 
 

@@ -57,6 +57,8 @@ def _print_human(report: dict[str, Any]) -> None:
         counts = ""
         if "passed" in job:
             counts = f"  {job['passed']} passed, {job['failed']} failed, {job['skipped']} skipped"
+            if job.get("errors"):
+                counts += f", {job['errors']} errors"
         if "coverage_percent" in job:
             counts += f", coverage {job['coverage_percent']}%"
         reason = f"  ({job['reason']})" if job.get("reason") else ""

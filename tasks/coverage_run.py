@@ -1,0 +1,126 @@
+"""Coverage as coverage.py measures it: ``coverage run -m pytest``, then its reports.
+
+The project's own figure is what ``coverage run -m pytest; coverage report``
+prints from its checkout, so that is what we run, not pytest-cov: coverage
+starts before pytest, so a package pytest imports at start-up (a plugin, a
+``conftest.py``) has its import-time lines counted, and coverage reads the
+project's configuration by its own rules (``cicd/coverage_config.py``):
+``source``, ``include``, ``omit``, ``parallel``, ``[paths]``, ``fail_under``.
+cicd.yaml ``coverage: [paths]`` become ``--source`` only when given; a
+cicd.yaml ``fail_under`` is passed as ``--fail-under``.
+
+The data file is this job's (``COVERAGE_FILE`` in its reports directory, which
+coverage reads before the configuration's ``data_file``): parallel data files
+(``parallel = true``, subprocesses) are then the ones beside it, and they are
+combined before reporting (https://coverage.readthedocs.io/en/latest/cmd.html#cmd-combine).
+A total under ``fail_under`` is its own failure (coverage's reporting
+commands exit 2, https://coverage.readthedocs.io/en/latest/cmd.html#cmd-report),
+never a failed test.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cicd.config import SuiteConfig
+from cicd.coverage_config import find_coverage_settings
+from cicd.results import StepResult
+from tasks.job import Deadline, run_step
+from tasks.pytest_outcome import ReportError
+
+# coverage.py's exit status of a reporting command whose total is under fail_under.
+FAIL_UNDER = 2
+
+
+@dataclass(frozen=True)
+class CoverageOutcome:
+    steps: tuple[StepResult, ...]
+    percent: float | None
+    # Empty when the total meets the bar and every report was written.
+    reason: str
+
+
+def run_argv(python: Path, suite: SuiteConfig) -> list[str]:
+    """The start of the test command: ``python -m coverage run [--source=..] -m``."""
+    argv = [str(python), "-m", "coverage", "run"]
+    if suite.coverage_sources:
+        argv.append(f"--source={','.join(suite.coverage_sources)}")
+    return [*argv, "-m"]
+
+
+def data_file(reports_dir: Path, name: str) -> Path:
+    return reports_dir / f".coverage-{name}"
+
+
+def stale_data(reports_dir: Path, name: str) -> list[Path]:
+    base = data_file(reports_dir, name)
+    return [base, *base.parent.glob(f"{base.name}.*")]
+
+
+def parse_coverage(path: Path) -> float:
+    """Total coverage in percent from coverage.py's JSON report."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return float(data["totals"]["percent_covered"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReportError(f"cannot read coverage report {path}: {exc}") from None
+
+
+def _detail(step: StepResult) -> str:
+    lines = [line.strip() for line in step.output_tail.splitlines() if line.strip()]
+    return f"{step.name} (exit {step.returncode})" + (f": {lines[-1][:300]}" if lines else "")
+
+
+def report(
+    python: Path,
+    suite: SuiteConfig,
+    workspace: Path,
+    environ: dict[str, str],
+    data: Path,
+    json_path: Path,
+    html_dir: Path | None,
+    deadline: Deadline,
+    log_path: Path | None,
+) -> CoverageOutcome:
+    """Combine (when there are parallel data files), then the JSON report, the
+    terminal report for the log, and HTML when asked."""
+    coverage = [str(python), "-m", "coverage"]
+    bar = [f"--fail-under={suite.fail_under:g}"] if suite.fail_under is not None else []
+    steps: list[StepResult] = []
+
+    def step(name: str, *args: str) -> StepResult:
+        # --data-file names the reports directory: the job's box lets the step
+        # write there (cicd/sandbox_step.py), as COVERAGE_FILE alone would not.
+        argv = [*coverage, *args, f"--data-file={data}"]
+        result = run_step(
+            name, argv, cwd=workspace, env=environ, deadline=deadline, log_path=log_path
+        )
+        steps.append(result)
+        return result
+
+    if any(data.parent.glob(f"{data.name}.*")):
+        # --append keeps the main process's own data file when there is one.
+        combined = step("coverage combine", "combine", *(["--append"] if data.is_file() else []))
+        if not combined.ok:
+            return CoverageOutcome(tuple(steps), None, _detail(combined))
+    if not data.is_file():
+        return CoverageOutcome(tuple(steps), None, "coverage recorded no data")
+    written = step("coverage json", "json", "-q", "-o", str(json_path), *bar)
+    if written.returncode not in (0, FAIL_UNDER) or not json_path.is_file():
+        return CoverageOutcome(tuple(steps), None, _detail(written))
+    percent = parse_coverage(json_path)
+    # For the log, as the project's own `coverage report` prints it; its exit
+    # status repeats the JSON report's.
+    step("coverage report", "report", "--fail-under=0")
+    if html_dir is not None:
+        step("coverage html", "html", "-q", "-d", str(html_dir), "--fail-under=0")
+    reason = ""
+    if written.returncode == FAIL_UNDER:
+        value = suite.fail_under
+        if value is None:
+            value = find_coverage_settings(workspace).fail_under
+        under = f"fail_under {value:g} %" if value is not None else "the project's fail_under"
+        reason = f"coverage {percent:.2f} % < {under}"
+    return CoverageOutcome(tuple(steps), percent, reason)
