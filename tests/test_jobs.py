@@ -52,7 +52,7 @@ EXAMPLES: dict[str, Any] = {
     "tests": SuiteJob("unit", SUITE, ENV, services=NEO4J, source="abc"),
     "matrix": MatrixJob("matrix-py3.12", EnvironmentConfig(python="3.12"), ("pytest",), SUITE),
     "benchmarks": BenchmarkJob(Path("/envs/a/bin/python"), BenchmarkConfig(paths=["tests/perf"])),
-    "build": BuildJob(Path("/run/dist"), 1_700_000_000),
+    "build": BuildJob(Path("/run/dist"), 1_700_000_000, "v1.0.0"),
     "publish": PublishJob((Path("/run/dist/a.whl"),), ReleaseConfig(), "http://index/", False),
     "llm-budget": LlmBudgetJob(session=None, tests_passed=True),  # type: ignore[arg-type]
 }
