@@ -21,10 +21,13 @@ _ICONS = {
 }
 
 
-def _counts(job: JobResult) -> tuple[str, str, str]:
+def _counts(job: JobResult) -> tuple[str, str, str, str]:
+    """Passed, failed, errors and skipped, apart as pytest counts them: an error
+    (set-up, tear-down, collection) is not a failed test."""
     if job.tests is None:
-        return ("", "", "")
-    return (str(job.tests.passed), str(job.tests.failed + job.tests.errors), str(job.tests.skipped))
+        return ("", "", "", "")
+    tests = job.tests
+    return (str(tests.passed), str(tests.failed), str(tests.errors), str(tests.skipped))
 
 
 def _escape(text: str) -> str:
@@ -34,7 +37,7 @@ def _escape(text: str) -> str:
 def job_rows(report: PipelineReport) -> list[dict[str, Any]]:
     rows = []
     for job in report.jobs:
-        passed, failed, skipped = _counts(job)
+        passed, failed, errors, skipped = _counts(job)
         rows.append(
             {
                 "job": job.name,
@@ -42,6 +45,7 @@ def job_rows(report: PipelineReport) -> list[dict[str, Any]]:
                 "duration_s": round(job.duration, 2),
                 "passed": passed,
                 "failed": failed,
+                "errors": errors,
                 "skipped": skipped,
                 "coverage_percent": (
                     "" if job.coverage_percent is None else round(job.coverage_percent, 1)
@@ -60,15 +64,15 @@ def render_summary(report: PipelineReport) -> str:
         f"**Repository** `{report.repo}` at `{report.ref}` (`{report.commit[:12]}`), "
         f"{report.duration:.1f}s",
         "",
-        "| Job | State | Duration | Passed | Failed | Skipped | Coverage | Note |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| Job | State | Duration | Passed | Failed | Errors | Skipped | Coverage | Note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row, job in zip(job_rows(report), report.jobs, strict=True):
         coverage = f"{row['coverage_percent']}%" if row["coverage_percent"] != "" else ""
         lines.append(
             f"| {job.name} | {_ICONS[job.state]} {job.state.value} | {job.duration:.1f}s "
-            f"| {row['passed']} | {row['failed']} | {row['skipped']} | {coverage} "
-            f"| {_escape(job.reason)} |"
+            f"| {row['passed']} | {row['failed']} | {row['errors']} | {row['skipped']} "
+            f"| {coverage} | {_escape(job.reason)} |"
         )
     failures = [(job, f) for job in report.jobs if job.tests for f in job.tests.failures]
     if failures:
@@ -121,8 +125,11 @@ def render_job(result: JobResult) -> str:
     reason = f" - {_escape(result.reason)}" if result.reason else ""
     lines.append(f"{result.duration:.1f}s{reason}")
     if result.tests is not None:
-        passed, failed, skipped = _counts(result)
-        lines += ["", f"Tests: {passed} passed, {failed} failed, {skipped} skipped"]
+        passed, failed, errors, skipped = _counts(result)
+        lines += [
+            "",
+            f"Tests: {passed} passed, {failed} failed, {errors} errors, {skipped} skipped",
+        ]
         lines += [f"- `{f.name}`: {_escape(f.message)}" for f in result.tests.failures]
     if result.coverage_percent is not None:
         lines += ["", f"Coverage: {result.coverage_percent:.1f}%"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cicd.results import JobResult, JobState, PipelineReport, StepResult, TestCounts, TestFailure
-from tasks.reports import artifact_key, job_rows, render_summary
+from tasks.reports import artifact_key, job_rows, render_job, render_summary
 from tasks.testing import ReportError, parse_coverage, parse_junit
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -91,7 +91,7 @@ def _report() -> PipelineReport:
 def test_summary_lists_jobs_failures_and_failed_steps() -> None:
     summary = render_summary(_report())
     assert summary.startswith("# pr-validation: failed")
-    assert "| unit | ✅ passed | 3.0s | 12 | 0 | 1 | 82.4% |" in summary
+    assert "| unit | ✅ passed | 3.0s | 12 | 0 | 0 | 1 | 82.4% |" in summary
     assert "`t::test_x`: boom \\| pipe" in summary
     assert "### quality / ruff (exit 1)" in summary and "F401" in summary
 
@@ -99,14 +99,30 @@ def test_summary_lists_jobs_failures_and_failed_steps() -> None:
 def test_table_rows_and_json() -> None:
     report = _report()
     rows = job_rows(report)
-    assert [(r["job"], r["state"], r["failed"]) for r in rows] == [
-        ("quality", "failed", ""),
-        ("unit", "passed", "0"),
-        ("framework", "failed", "1"),
+    assert [(r["job"], r["state"], r["failed"], r["errors"]) for r in rows] == [
+        ("quality", "failed", "", ""),
+        ("unit", "passed", "0", "0"),
+        ("framework", "failed", "1", "0"),
     ]
     data = report.to_json()
     assert data["state"] == "failed"
     assert data["jobs"][1] | {} == {**data["jobs"][1], "passed": 12, "coverage_percent": 82.41}
+
+
+def test_errors_have_their_own_column_not_the_failed_one() -> None:
+    # A suite whose 20 modules fail to import: 20 errors, 0 failed tests (issue 9).
+    job = JobResult(
+        "unit",
+        JobState.FAILED,
+        1.0,
+        reason="20 collection error(s)",
+        tests=TestCounts(0, 0, 20, 0, collection_errors=20),
+    )
+    report = PipelineReport("pr-validation", "r", "main", "c" * 40, (job,), 1.0)
+    summary = render_summary(report)
+    assert "| Job | State | Duration | Passed | Failed | Errors | Skipped |" in summary
+    assert "| 0 | 0 | 20 | 0 |" in summary
+    assert "Tests: 0 passed, 0 failed, 20 errors, 0 skipped" in render_job(job)
 
 
 def test_artifact_keys_are_valid() -> None:
