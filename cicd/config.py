@@ -90,9 +90,26 @@ MAX_PYPROJECT_BYTES = 1024 * 1024
 DEPENDENCY_FILES = (PYPROJECT, "setup.py", "setup.cfg")
 
 
+# pydantic names the member of a union in the location (`coverage.bool`,
+# `coverage.list[...]`); a user wrote `coverage`, so the tags are dropped, and
+# the branch of a `bool | list` field that the value plainly was not meant for
+# (a list given to `bool`) is not reported at all.
+_UNION_TAG = re.compile(r"(bool|int|float|str|list|dict|none)(\[.*\])?|function-\w+\[.*")
+
+
+def _format_errors(errors: list[Any]) -> list[str]:
+    kept = [
+        e
+        for e in errors
+        if not ("bool" in e["loc"] and e["type"].startswith("bool") and len(errors) > 1)
+    ]
+    return [_format_error(e) for e in kept]
+
+
 def _format_error(error: Any) -> str:
     """One pydantic error as ``field 'a.b': message (got value)``, bounded."""
-    location = dotted(error["loc"])
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and _UNION_TAG.fullmatch(p)))
+    location = dotted(loc)
     message = clipped(str(error["msg"]).removeprefix("Value error, "), 120)
     if error["type"] == "extra_forbidden":
         return f"field '{location}': unknown field"
@@ -119,7 +136,7 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [_format_error(e) for e in exc.errors(include_url=False)]
+        problems = _format_errors(exc.errors(include_url=False))
         raise ConfigError(source, bounded_problems(problems)) from None
 
 
@@ -208,7 +225,7 @@ def detect_defaults(root: Path) -> PipelineConfig:
             {"environment": {"extras": extras}, "quality": quality, "tests": tests}
         )
     except ValidationError as exc:
-        problems = [_format_error(e) for e in exc.errors(include_url=False)]
+        problems = _format_errors(exc.errors(include_url=False))
         raise ConfigError(f"{PYPROJECT} (no {CONFIG_FILE})", bounded_problems(problems)) from None
 
 

@@ -342,14 +342,16 @@ def test_package_injection_is_refused(
     no_sentinel(package_attack_repo)
 
 
-def test_requirements_are_parsed_and_passed_after_the_end_of_options() -> None:
+def test_requirements_are_parsed_and_passed_after_the_end_of_options(tmp_path: Path) -> None:
     from cicd.config import EnvironmentConfig
     from tasks.environments import _install_argv, requirement_strings
 
     config = EnvironmentConfig(packages=["six", "Requests[socks]>=2 ; python_version>'3'"])
     assert requirement_strings(config, ["pytest"]) == [
         "Requests[socks]>=2; python_version > \"3\"", "pytest", "six"]  # fmt: skip
-    argv = _install_argv(Path("/venv/bin/python"), Path("/nonexistent"), config, ["pytest"])
+    argv = _install_argv(
+        Path("/venv/bin/python"), Path("/nonexistent"), config, ["pytest"], tmp_path
+    )
     assert argv[argv.index("--") + 1 :] == requirement_strings(config, ["pytest"])
     # What is not a requirement never gets that far: the schema refuses it.
     for bad in PACKAGE_ATTACKS:
