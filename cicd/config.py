@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from cicd.config_loading import (
     dotted,
     load_yaml,
     read_text,
+    read_toml,
     shown,
 )
 from cicd.config_schema import (
@@ -140,16 +140,10 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> PipelineConfig:
         raise ConfigError(source, bounded_problems(problems)) from None
 
 
-def _read_pyproject(root: Path) -> dict[str, Any]:
+def read_pyproject(root: Path) -> dict[str, Any]:
+    """``root``'s pyproject.toml, bounded; {} when there is none."""
     path = root / PYPROJECT
-    if not path.is_file():
-        return {}
-    try:
-        return tomllib.loads(read_text(path, PYPROJECT, MAX_PYPROJECT_BYTES))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(PYPROJECT, [f"not valid TOML ({clipped(str(exc), 100)})"]) from None
-    except RecursionError:
-        raise ConfigError(PYPROJECT, ["not valid TOML (nested too deeply)"]) from None
+    return read_toml(path, PYPROJECT, MAX_PYPROJECT_BYTES) if path.is_file() else {}
 
 
 def _package_dirs(root: Path) -> list[str]:
@@ -196,7 +190,7 @@ def _has_tests(root: Path) -> bool:
 
 def detect_defaults(root: Path) -> PipelineConfig:
     """Sensible defaults for a target without ``cicd.yaml``, from ``pyproject.toml``."""
-    pyproject = _read_pyproject(root)
+    pyproject = read_pyproject(root)
     project = pyproject.get("project", {})
     optional = project.get("optional-dependencies", {}) if isinstance(project, dict) else {}
     extras = [name for name in ("dev", "test", "tests") if name in optional][:1]
@@ -292,7 +286,7 @@ def _check_workspace(root: Path, config: PipelineConfig, source: str) -> None:
             f"{PYPROJECT} in the repository"
         )
     groups = config.environment.groups or []
-    declared = _read_pyproject(root).get("dependency-groups", {}) if groups else {}
+    declared = read_pyproject(root).get("dependency-groups", {}) if groups else {}
     known = {re.sub(r"[-_.]+", "-", str(name)).lower() for name in declared}
     for group in groups:
         if re.sub(r"[-_.]+", "-", group).lower() not in known:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import reprlib
 import stat
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,16 @@ def read_text(path: Path, source: str, limit: int = MAX_CONFIG_BYTES) -> str:
             source,
             [f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); binary file?"],
         ) from None
+
+
+def read_toml(path: Path, source: str, limit: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """A TOML file read as ``read_text`` reads it; malformed TOML names ``source``."""
+    try:
+        return tomllib.loads(read_text(path, source, limit))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML ({clipped(str(exc), 100)})"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["not valid TOML (nested too deeply)"]) from None
 
 
 def check_strings(data: Any, source: str) -> None:

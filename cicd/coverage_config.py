@@ -19,12 +19,11 @@ https://coverage.readthedocs.io/en/latest/config.html): ``.coveragerc`` and
 from __future__ import annotations
 
 import configparser
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cicd.config_loading import clipped, read_text
+from cicd.config_loading import clipped, read_text, read_toml
 from cicd.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -73,10 +72,7 @@ def _ini_report(path: Path, name: str, ours: bool) -> dict[str, Any] | None:
 
 
 def _toml_report(path: Path, name: str, ours: bool) -> dict[str, Any] | None:
-    try:
-        data = tomllib.loads(read_text(path, name, MAX_CONFIG_BYTES))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(name, [f"not valid TOML ({clipped(str(exc), 100)})"]) from None
+    data = read_toml(path, name, MAX_CONFIG_BYTES)
     tool = data.get("tool", {})
     coverage = tool.get("coverage") if isinstance(tool, dict) else None
     if not isinstance(coverage, dict):

@@ -20,12 +20,11 @@ would override it unless cicd.yaml names one.
 from __future__ import annotations
 
 import configparser
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cicd.config_loading import clipped, read_text
+from cicd.config_loading import clipped, read_text, read_toml
 from cicd.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -75,10 +74,7 @@ def _read(path: Path, name: str) -> PytestConfig | None:
         testpaths = _ini_testpaths(parser, "pytest") if parser.has_section("pytest") else ()
         return PytestConfig(name, testpaths)
     if name == "pyproject.toml":
-        try:
-            data = tomllib.loads(read_text(path, name, MAX_CONFIG_BYTES))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(name, [f"not valid TOML ({clipped(str(exc), 100)})"]) from None
+        data = read_toml(path, name, MAX_CONFIG_BYTES)
         tool = data.get("tool", {})
         pytest = tool.get("pytest") if isinstance(tool, dict) else None
         if not isinstance(pytest, dict):

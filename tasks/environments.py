@@ -20,17 +20,15 @@ import os
 import shutil
 import sys
 import tempfile
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from packaging.requirements import Requirement
 from prefect import task
 
 from cicd import command, paths
-from cicd.config import EnvironmentConfig, PipelineConfig, SuiteConfig
+from cicd.config import EnvironmentConfig, PipelineConfig, SuiteConfig, read_pyproject
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.locking import file_lock
 from tasks.dependency_inputs import (
@@ -105,20 +103,10 @@ def requirement_strings(config: EnvironmentConfig, packages: Iterable[str] = ())
     return sorted({str(Requirement(entry)) for entry in (*config.packages, *packages)})
 
 
-def _pyproject(workspace: Path) -> dict[str, Any]:
-    path = workspace / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"pyproject.toml: not valid TOML ({exc})") from None
-
-
 def dependency_inputs(workspace: Path, config: EnvironmentConfig) -> DependencyInputs:
     """The groups and requirements files of ``workspace``, the project's own references
     turned into its extras (``tasks.dependency_inputs``)."""
-    pyproject = _pyproject(workspace)
+    pyproject = read_pyproject(workspace)
     inputs = DependencyInputs(extras=set(config.extras))
     group_inputs(pyproject, selected_groups(config.groups, pyproject), inputs)
     requirements_inputs(workspace, inputs)

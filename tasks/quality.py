@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 from cicd import command, paths
-from cicd.config import QualityConfig, ToolConfig
+from cicd.config import QualityConfig, ToolConfig, read_pyproject
 from cicd.locking import file_lock
 from cicd.quality_detection import PRE_COMMIT_CONFIG, TOOL_PACKAGES, tool_requirements
 from cicd.results import JobResult, StepResult
@@ -179,11 +178,6 @@ def _tool_names(config: QualityConfig) -> list[str]:
     return ["pre_commit"] if config.pre_commit else list(config.tools())
 
 
-def _pyproject(workspace: Path) -> dict[str, object]:
-    path = workspace / "pyproject.toml"
-    return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def quality_jobs(
     config: QualityConfig, env: Environment, source: str | None, workspace: Path | None = None
 ) -> list[QualityJob]:
@@ -193,5 +187,5 @@ def quality_jobs(
         return []
     pins: tuple[str, ...] = ()
     if workspace is not None:
-        pins = tuple(tool_requirements(workspace, _pyproject(workspace), _tool_names(config)))
+        pins = tuple(tool_requirements(workspace, read_pyproject(workspace), _tool_names(config)))
     return [QualityJob(config, env, source, tools=pins)]
