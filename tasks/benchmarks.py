@@ -186,57 +186,68 @@ def remeasure_suspects(
     out_dir = out_dir / "confirm"
     out_dir.mkdir(parents=True, exist_ok=True)
     commit = git.last_commit_changing(workdir, config.baseline)
-    samples: dict[str, tuple[list[float], list[float]]] = {key: ([], []) for key in suspects}
+    current = _Side("current", workdir, dict(env) if env is not None else None)
     if commit is None:
         stored = min(len(baseline.benchmarks[key]) for key in suspects)
         rounds = rounds_for_family(family, screen.alpha, config.confirm_rounds, stored)
-        for number in range(1, rounds + 1):
-            stats = _run_round(
-                python,
-                workdir,
-                suspects,
-                env,
-                out_dir / f"current-{number}.json",
-                f"confirmation round {number} of {rounds}",
-                deadline,
-                config.timeout,
-            )
-            for key in suspects:
-                if key in stats:
-                    samples[key][1].append(stats[key].center)
-        for key in suspects:
-            samples[key][0].extend(baseline.benchmarks[key])
+        fresh = _measure_sides(python, (current,), suspects, rounds, out_dir, deadline, config)
+        samples = {key: (list(baseline.benchmarks[key]), fresh["current"][key]) for key in suspects}
         return confirm(screen, samples, "the stored baseline (not in the history: not interleaved)")
 
     rounds = rounds_for_family(family, screen.alpha, config.confirm_rounds)
     tree = git.add_worktree(workdir, commit, out_dir / f"baseline-{commit[:12]}")
     try:
-        sides = {
-            "baseline": (tree, _env_for_tree(env, workdir, tree), 0),
-            "current": (workdir, dict(env) if env is not None else None, 1),
-        }
-        for number in range(1, rounds + 1):
-            # ABBA: the side that goes first alternates, so a trend in load is shared.
-            order = ("baseline", "current") if number % 2 else ("current", "baseline")
-            for side in order:
-                cwd, side_env, index = sides[side]
-                stats = _run_round(
-                    python,
-                    cwd,
-                    suspects,
-                    side_env,
-                    out_dir / f"{side}-{number}.json",
-                    f"confirmation round {number} of {rounds} ({side})",
-                    deadline,
-                    config.timeout,
-                )
-                for key in suspects:
-                    if key in stats:
-                        samples[key][index].append(stats[key].center)
+        sides = (_Side("baseline", tree, _env_for_tree(env, workdir, tree)), current)
+        fresh = _measure_sides(python, sides, suspects, rounds, out_dir, deadline, config)
     finally:
         git.remove_worktree(workdir, tree)
+    samples = {key: (fresh["baseline"][key], fresh["current"][key]) for key in suspects}
     measured = {key: pair for key, pair in samples.items() if pair[0] and pair[1]}
     return confirm(screen, measured, f"the baseline's code ({commit[:12]}), interleaved")
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side of a re-measurement: a checkout and the environment it runs with."""
+
+    label: str
+    cwd: Path
+    env: Mapping[str, str] | None
+
+
+def _measure_sides(
+    python: Path | str,
+    sides: Sequence[_Side],
+    suspects: Sequence[str],
+    rounds: int,
+    out_dir: Path,
+    deadline: float,
+    config: BenchmarkConfig,
+) -> dict[str, dict[str, list[float]]]:
+    """``rounds`` rounds of the suspects on each side: per side, per benchmark, the figures.
+
+    The side that goes first alternates (ABBA), so a trend in load is shared.
+    """
+    figures: dict[str, dict[str, list[float]]] = {
+        side.label: {key: [] for key in suspects} for side in sides
+    }
+    for number in range(1, rounds + 1):
+        order = sides if number % 2 else tuple(reversed(sides))
+        for side in order:
+            stats = _run_round(
+                python,
+                side.cwd,
+                suspects,
+                side.env,
+                out_dir / f"{side.label}-{number}.json",
+                f"confirmation round {number} of {rounds} ({side.label})",
+                deadline,
+                config.timeout,
+            )
+            for key in suspects:
+                if key in stats:
+                    figures[side.label][key].append(stats[key].center)
+    return figures
 
 
 def check_benchmarks(
