@@ -206,7 +206,7 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"\n{info['date']}, {info['nproc']} cores, {info['mem_total_gib']} GiB, "
           f"load {load:.2f}, timeout {args.timeout}s, grace "
-          f"{command.TERMINATE_GRACE_SECONDS}s, {args.runs} runs\n")
+          f"{command.TIMEOUT_GRACE_SECONDS}s, {args.runs} runs\n")
     print("| scenario | variant | deadline -> gone, median | max "
           "| deadline -> returned, median | max |")
     print("|---|---|---|---|---|---|")

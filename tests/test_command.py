@@ -85,19 +85,22 @@ def test_timeout_kills_leader_and_children_within_a_second_of_the_deadline(
     assert result.returncode == -signal.SIGTERM
 
 
-def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+def test_a_child_that_ignores_sigterm_is_killed_within_a_second_of_the_deadline(
+    tmp_path: Path,
+) -> None:
     pid_file = tmp_path / "pids"
     # An ignored signal stays ignored across fork and exec: the sleep ignores SIGTERM too.
     script = f"trap '' TERM; sleep 300 & echo $! >> {pid_file}; echo $$ >> {pid_file}; wait"
     timeout = 1.0
-    grace = command.TERMINATE_GRACE_SECONDS
+    grace = command.TIMEOUT_GRACE_SECONDS
     started = time.monotonic()
     result = command.run(["sh", "-c", script], timeout=timeout)
     deadline = started + timeout
     assert result.timed_out
     pids = _read_pids(pid_file, 2)
     gone = _seconds_until_gone(pids)
-    assert grace <= gone - deadline < grace + 0.5, f"gone {gone - deadline:.2f}s after deadline"
+    # SIGTERM is ignored: the group is SIGKILLed once the grace is over, well within 1 s.
+    assert grace <= gone - deadline < 1.0, f"gone {gone - deadline:.2f}s after deadline"
     assert result.returncode == -signal.SIGKILL
 
 
