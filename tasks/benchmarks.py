@@ -49,9 +49,9 @@ from tasks.benchmark_stats import (
     confirm,
     format_seconds,
     render_comparison_markdown,
-    rounds_for_family,
 )
 from tasks.job import JobContext, JobInputs
+from tasks.rank_statistics import rounds_for_family
 
 # --------------------------------------------------------------------------- running
 

@@ -19,18 +19,20 @@ from cicd.git import checkout, remove_workspace
 from cicd.sample import commit_all, git
 from tasks.benchmark_baseline import baseline_from_runs, write_baseline
 from tasks.benchmark_stats import (
-    POWER_MARGIN,
     Comparison,
     ComparisonRow,
     compare,
     confirm,
+    render_comparison_markdown,
+)
+from tasks.benchmarks import check_benchmarks, run_benchmarks
+from tasks.rank_statistics import (
+    POWER_MARGIN,
     hodges_lehmann_ratio,
     holm_rejected,
-    render_comparison_markdown,
     rounds_for_family,
     smallest_p,
 )
-from tasks.benchmarks import check_benchmarks, run_benchmarks
 from tests.test_benchmarks import COLD, HOT, baseline_of, make_suite, rounds_of, suite_env
 
 pytestmark = pytest.mark.slow

@@ -26,10 +26,10 @@ from tasks.benchmark_baseline import (
 from tasks.benchmark_stats import (
     compare,
     format_seconds,
-    mann_whitney_greater,
     render_comparison_markdown,
 )
 from tasks.benchmarks import check_benchmarks, run_benchmarks
+from tasks.rank_statistics import mann_whitney_greater
 
 HOT = "tests/performance/test_perf.py::test_hot"
 COLD = "tests/performance/test_perf.py::test_cold"
