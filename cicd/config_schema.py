@@ -221,6 +221,14 @@ def _paths_given(paths: list[str]) -> list[str]:
 Percent = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=100, allow_inf_nan=False)]
 
 
+def _parallel(value: object) -> object:
+    if value is False:
+        return "off"
+    if isinstance(value, bool) or (isinstance(value, int) and not 1 <= value <= 64):
+        raise ValueError(f"'off', 'auto' or a number of shards from 1 to 64, got {shown(value)}")
+    return value
+
+
 class SuiteConfig(_Model):
     """One pytest suite, like a GitHub Actions test job."""
 
@@ -244,6 +252,10 @@ class SuiteConfig(_Model):
     llm: bool = False
     env: dict[EnvName, str] = Field(default={}, max_length=200)
     timeout: Seconds = 900
+    # Shards run side by side (tasks/sharding.py): "auto" one per core, N, or
+    # "off" (YAML's bare `off` is false) for a suite whose tests share state
+    # across files. Off unless asked: sharding changes which tests share a process.
+    parallel: Annotated[Literal["off", "auto"] | int, BeforeValidator(_parallel)] = "off"
 
     @property
     def coverage_sources(self) -> list[str]:

@@ -42,9 +42,15 @@ class CoverageOutcome:
     reason: str
 
 
-def run_argv(python: Path, suite: SuiteConfig) -> list[str]:
-    """The start of the test command: ``python -m coverage run [--source=..] -m``."""
+def run_argv(python: Path, suite: SuiteConfig, *, parallel: bool = False) -> list[str]:
+    """The start of the test command: ``python -m coverage run [--source=..] -m``.
+
+    ``parallel``: one shard of several, whose data goes to a file of its own
+    beside the job's data file, combined before the reports.
+    """
     argv = [str(python), "-m", "coverage", "run"]
+    if parallel:
+        argv.append("--parallel-mode")
     if suite.coverage_sources:
         argv.append(f"--source={','.join(suite.coverage_sources)}")
     return [*argv, "-m"]

@@ -8,17 +8,17 @@ variables in ``extra_env``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
-from cicd import masking
+from cicd import git, masking
 from cicd.config import EnvironmentConfig, PipelineConfig, ServiceConfig, SuiteConfig
-from cicd.errors import ConfigError
+from cicd.errors import CicdError, ConfigError
 from cicd.pytest_config import find_pytest_config
 from cicd.results import JobResult, JobState, StepResult
-from tasks import coverage_run
+from tasks import coverage_run, sharding
 from tasks.coverage_run import parse_coverage
 from tasks.environments import Environment, InterpreterMissing, ensure_environment
 from tasks.job import (
@@ -35,18 +35,23 @@ __all__ = ["ReportError", "parse_coverage", "parse_junit", "pytest_argv", "run_s
 
 
 def pytest_argv(
-    python: Path, suite: SuiteConfig, junit_path: Path, coverage: bool = False
+    python: Path,
+    suite: SuiteConfig,
+    junit_path: Path,
+    coverage: bool = False,
+    shard: Sequence[str] | None = None,
 ) -> list[str]:
     """The test command: pytest, under ``coverage run`` when the suite measures.
 
     No path unless cicd.yaml names one: pytest's own configuration (testpaths,
-    rootdir) decides what it collects, as in the project's own CI.
+    rootdir) decides what it collects, as in the project's own CI. A ``shard``
+    runs its files instead, its coverage data in a file of its own.
     """
-    start = coverage_run.run_argv(python, suite) if coverage else [str(python), "-m"]
+    start = coverage_run.run_argv(python, suite, parallel=shard is not None) if coverage else []
     argv = [
-        *start,
+        *(start or [str(python), "-m"]),
         "pytest",
-        *suite.paths,
+        *(suite.paths if shard is None else shard),
         "-p",
         "no:cacheprovider",
         f"--junitxml={junit_path}",
@@ -96,19 +101,27 @@ def run_suite(
     if measures:
         # Over the configuration's data_file: this job's reports hold its data.
         environ["COVERAGE_FILE"] = str(data)
-    step = run_step(
-        "pytest",
-        pytest_argv(env.python, suite, junit_path, coverage=measures),
-        cwd=workspace,
-        env=environ,
-        deadline=deadline,
-        log_path=log_path,
-    )
+    before: tuple[StepResult, ...] = ()
+    step = None
+    if sharding.shard_count(suite.parallel) > 1:
+        before, step = _sharded_pytest(
+            name, workspace, env.python, suite, junit_path, environ, deadline, log_path,
+            measures,
+        )  # fmt: skip
+    if step is None:
+        step = run_step(
+            "pytest",
+            pytest_argv(env.python, suite, junit_path, coverage=measures),
+            cwd=workspace,
+            env=environ,
+            deadline=deadline,
+            log_path=log_path,
+        )
     # A test may print a secret it was given (a service password): the report
     # keeps no trace of it, on disk or in the counts' messages.
     masking.mask_file(junit_path)
     tests = parse_junit(junit_path) if junit_path.is_file() else None
-    steps: tuple[StepResult, ...] = (step,)
+    steps: tuple[StepResult, ...] = (*before, step)
     reasons: list[str] = []
     state = JobState.PASSED
     if step.timed_out:
@@ -148,6 +161,76 @@ def run_suite(
         reason="; ".join(reasons),
         details=details,
     )
+
+
+def _project_identity(workspace: Path) -> str:
+    """The project's root commit(s): the same across its commits and branches,
+    so durations recorded on one commit balance the shards of the next."""
+    try:
+        return git.run_in(workspace, "rev-list", "--max-parents=0", "HEAD")
+    except CicdError:
+        return str(workspace)
+
+
+def _sharded_pytest(
+    name: str,
+    workspace: Path,
+    python: Path,
+    suite: SuiteConfig,
+    junit_path: Path,
+    environ: dict[str, str],
+    deadline: Deadline,
+    log_path: Path | None,
+    measures: bool,
+) -> tuple[tuple[StepResult, ...], StepResult | None]:
+    """The collection step and one step standing for every shard, or (steps,
+    None) when the suite cannot be sharded here (a collection that fails is
+    then reported by the unsharded run, as pytest reports it)."""
+    listing = junit_path.with_name(f"collected-{name}.tsv")
+    collect = run_step(
+        "pytest --collect-only",
+        sharding.collect_argv(python, listing, suite),
+        cwd=workspace,
+        env=environ,
+        deadline=deadline,
+        log_path=log_path,
+    )
+    if not collect.ok or not listing.is_file() or sharding.args_name_paths(suite, workspace):
+        return (collect,), None
+    files = sharding.read_listing(listing)
+    record = sharding.durations_path(_project_identity(workspace), name)
+    recorded = sharding.load_durations(record)
+    shards = sharding.plan(files, recorded, sharding.shard_count(suite.parallel))
+    if len(shards) < 2:
+        return (collect,), None
+    parts = [junit_path.with_name(f"{junit_path.stem}.shard{i}.xml") for i in range(len(shards))]
+
+    def run_one(index: int, shard: Sequence[str]) -> StepResult:
+        parts[index].unlink(missing_ok=True)
+        return run_step(
+            f"pytest shard {index + 1}/{len(shards)}",
+            pytest_argv(python, suite, parts[index], coverage=measures, shard=shard),
+            cwd=workspace,
+            env=environ,
+            deadline=deadline,
+            log_path=log_path,
+        )
+
+    started = time.monotonic()
+    results = sharding.run_shards(shards, run_one)
+    sharding.merge_junit(parts, junit_path)
+    sharding.save_durations(record, recorded, sharding.file_durations(parts, files))
+    code = sharding.combined_returncode([r.returncode for r in results])
+    worst = next((r for r in results if r.returncode == code), results[0])
+    combined = StepResult(
+        "pytest",
+        f"{len(shards)} shards of {sum(len(s) for s in shards)} files",
+        code,
+        time.monotonic() - started,
+        timed_out=any(r.timed_out for r in results),
+        output_tail=worst.output_tail,
+    )
+    return (collect, *results), combined
 
 
 @dataclass(frozen=True)
