@@ -320,6 +320,12 @@ def run(
             start_new_session=True,
         )
         register_group(proc.pid)
+        if _closed.is_set():
+            # kill_all ran between our check above and register_group: it did
+            # not see this group, so it is ours to end.
+            terminate_group(proc.pid, grace=0.0, leader=proc)
+            unregister_group(proc.pid)
+            raise Cancelled(f"stopped at its start, the run is shutting down: {' '.join(argv)}")
         timed_out = False
         group_gone = True
         try:

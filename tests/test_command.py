@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import pytest
+
 from cicd import command
 
 
@@ -259,3 +261,27 @@ def test_kill_all_reaps_registered_groups() -> None:
     assert proc.wait(timeout=10) != 0
     assert not _alive(proc.pid)
     assert os.getpgid(os.getpid()) != proc.pid
+
+
+def test_a_command_started_while_the_run_shuts_down_is_stopped_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kill_all lands between run()'s "closed?" check and register_group: the
+    # teardown cannot see the new group, so run() must end it itself.
+    pid_file = tmp_path / "pid"
+    register = command.register_group
+
+    def teardown_first(pgid: int) -> None:
+        command.kill_all(close=True)
+        register(pgid)
+
+    monkeypatch.setattr(command, "register_group", teardown_first)
+    started = time.monotonic()
+    try:
+        with pytest.raises(command.Cancelled, match="shutting down"):
+            command.run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], timeout=10)
+    finally:
+        command.reopen()
+    assert time.monotonic() - started < 5
+    if pid_file.exists():  # else it was killed before its first line
+        _seconds_until_gone(_read_pids(pid_file, 1), limit=1.0)
