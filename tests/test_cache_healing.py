@@ -8,7 +8,6 @@ Real git mirrors (``git repack`` then a pack cut short), real uv environments
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cicd import git as cicd_git
+from cicd import paths
 from cicd.git.mirror_health import pack_damage
 from cicd.results import PipelineFailed
 from cicd.sample import commit_all, git
@@ -137,7 +137,7 @@ def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
     green = pr_validation(repo=str(repo), ref="main")
     assert green["state"] == "passed", green
     mirror = cicd_git.mirror_path(cicd_git.normalize_repo(str(repo)))
-    (env,) = [p for p in (Path(_home()) / "environments").glob("py*") if p.is_dir()]
+    (env,) = [p for p in paths.environments().glob("py*") if p.is_dir()]
 
     # Both caches damaged: the FAILING commit still fails, for its test.
     truncate_mirror_pack(mirror)
@@ -148,9 +148,9 @@ def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
     unit = jobs["unit"]
     assert unit.state.value == "failed", unit
     assert unit.tests is not None and unit.tests.failed == 1
-    assert [f.name for f in unit.tests.failures] == ["tests/test_wrong.py::test_adds_wrong"]
+    assert [f.name for f in unit.tests.failures] == ["tests.test_wrong::test_adds_wrong"]
     assert environment_damage(env) is None and pack_damage(mirror) is None
-    env_logs = list((Path(_home()) / "runs").glob("**/logs/environment.log"))
+    env_logs = list(paths.runs().glob("**/logs/environment.log"))
     assert any("is damaged, rebuilding it" in p.read_text() for p in env_logs), env_logs
 
     # Damaged again: a passing commit passes.
@@ -160,7 +160,3 @@ def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
     again = pr_validation(repo=str(repo), ref="main")
     assert again["state"] == "passed", again
     assert environment_damage(env) is None and pack_damage(mirror) is None
-
-
-def _home() -> str:
-    return os.environ["CICD_HOME"]
