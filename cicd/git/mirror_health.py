@@ -45,7 +45,10 @@ def pack_damage(mirror: Path) -> str | None:
     for idx in sorted((mirror / "objects" / "pack").glob("pack-*.idx")):
         pack = idx.with_suffix(".pack")
         try:
-            idx_bytes = idx.read_bytes()
+            with idx.open("rb") as handle:  # only its tail: an index can be large
+                handle.seek(0, 2)
+                handle.seek(max(0, handle.tell() - 2 * size))
+                idx_tail = handle.read(2 * size)
             with pack.open("rb") as handle:
                 header = handle.read(4)
                 handle.seek(0, 2)
@@ -58,7 +61,7 @@ def pack_damage(mirror: Path) -> str | None:
             return f"{pack.name} cannot be read: {exc.strerror}"
         if header != b"PACK" or length < 12 + size:
             return f"{pack.name} is not a pack ({length} bytes)"
-        if len(idx_bytes) < 2 * size or idx_bytes[-2 * size : -size] != trailer:
+        if len(idx_tail) < 2 * size or idx_tail[:size] != trailer:
             return f"{pack.name} ({length} bytes) does not match its index: truncated or replaced"
     return None
 
