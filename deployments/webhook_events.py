@@ -28,6 +28,8 @@ from urllib.parse import parse_qs
 from cicd import git
 from cicd.errors import BadInput
 
+# GitHub's payloads nest about 6 levels; anything far deeper is not a delivery.
+MAX_JSON_DEPTH = 64
 PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
 _ZERO_SHA = "0" * 40
 
@@ -204,6 +206,30 @@ def decode_body(body: bytes, content_type: str) -> Any:
             raise BadInput("form-encoded body has no 'payload' field")
         text = values[0]
     try:
-        return json.loads(text)
+        payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInput(f"body is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        # json's C scanner stops at the interpreter's recursion limit (about 1000
+        # levels): a 100k-deep body lands here, in microseconds, as a 400.
+        raise BadInput(f"body is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth(payload) > MAX_JSON_DEPTH:
+        raise BadInput(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return payload
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

@@ -3,7 +3,7 @@ infrastructure errors (network, server), never on bad input."""
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from cicd.errors import retry_on_infrastructure
 from cicd.git import Checkout, checkout
@@ -16,4 +16,8 @@ from cicd.git import Checkout, checkout
     retry_condition_fn=retry_on_infrastructure,
 )
 def checkout_task(repo: str, ref: str) -> Checkout:
-    return checkout(repo, ref)
+    result = checkout(repo, ref)
+    if result.healed:
+        # In the run's log, not only the worker's: why this run cloned from scratch.
+        get_run_logger().warning("mirror %s rebuilt: %s", result.mirror, result.healed)
+    return result

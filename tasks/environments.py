@@ -37,6 +37,7 @@ from tasks.dependency_inputs import (
     requirements_inputs,
     selected_groups,
 )
+from tasks.environment_check import prepare_rebuild, untrusted_reason
 
 READY_MARKER = ".cicd-ready"
 # Bump when the way environments are built changes, so old ones are not reused.
@@ -61,6 +62,8 @@ class Environment:
     reused: bool
     source_paths: tuple[Path, ...] = ()
     script_paths: tuple[Path, ...] = ()
+    # Why a damaged environment was rebuilt this time (tasks.environment_check).
+    rebuilt_because: str = ""
 
     @property
     def python(self) -> Path:
@@ -228,11 +231,13 @@ def _dependencies_environment(
     """Reuse the environment for these dependency inputs, or build it."""
     key = environment_key(workspace, config, packages)
     path = paths.environments() / f"py{config.python}-{key[:16]}"
-    if (path / READY_MARKER).is_file():
+    if _trusted(path):
         return Environment(path, config.python, key, reused=True)
     with file_lock(path.with_name(path.name + ".lock")):
-        if (path / READY_MARKER).is_file():
+        damaged = untrusted_reason(path, READY_MARKER)
+        if damaged is None and (path / READY_MARKER).is_file():
             return Environment(path, config.python, key, reused=True)
+        install_env = prepare_rebuild(path, _uv(), log_path) if damaged else None
         # A half-built environment from a crashed run is never trusted.
         shutil.rmtree(path, ignore_errors=True)
         uv = _create_venv(path, config.python, config.timeout, log_path)
@@ -241,12 +246,19 @@ def _dependencies_environment(
                 path / "bin" / "python", workspace, config, packages, Path(requirements_dir)
             )
             argv[0] = uv
-            installed = command.run(argv, cwd=workspace, timeout=config.timeout, log_path=log_path)
+            installed = command.run(
+                argv, cwd=workspace, env=install_env, timeout=config.timeout, log_path=log_path
+            )
         if not installed.ok:
             shutil.rmtree(path, ignore_errors=True)
             raise InfrastructureError(f"installing the dependencies failed: {installed.tail(15)}")
         (path / READY_MARKER).write_text(key + "\n")
-    return Environment(path, config.python, key, reused=False)
+    return Environment(path, config.python, key, reused=False, rebuilt_because=damaged or "")
+
+
+def _trusted(path: Path) -> bool:
+    """Ready and intact (``tasks.environment_check``): reusable without the lock."""
+    return (path / READY_MARKER).is_file() and untrusted_reason(path, READY_MARKER) is None
 
 
 def _create_venv(path: Path, python: str, timeout: float, log_path: Path | None) -> str:
@@ -289,15 +301,17 @@ def tool_environment(
     payload["platform"] = sys.platform
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     path = paths.environments() / f"tools-py{python}-{key[:16]}"
-    if (path / READY_MARKER).is_file():
+    if _trusted(path):
         return Environment(path, python, key, reused=True)
     with file_lock(path.with_name(path.name + ".lock")):
-        if (path / READY_MARKER).is_file():
+        damaged = untrusted_reason(path, READY_MARKER)
+        if damaged is None and (path / READY_MARKER).is_file():
             return Environment(path, python, key, reused=True)
+        install_env = prepare_rebuild(path, _uv(), log_path) if damaged else None
         shutil.rmtree(path, ignore_errors=True)
         uv = _create_venv(path, python, timeout, log_path)
         argv = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "--", *wanted]
-        installed = command.run(argv, timeout=timeout, log_path=log_path)
+        installed = command.run(argv, env=install_env, timeout=timeout, log_path=log_path)
         if not installed.ok:
             shutil.rmtree(path, ignore_errors=True)
             raise InfrastructureError(f"installing the quality tools failed: {installed.tail(15)}")
@@ -314,7 +328,7 @@ def tool_environment(
                 shutil.rmtree(path, ignore_errors=True)
                 raise InfrastructureError(f"installing pyright failed: {warmed.tail(15)}")
         (path / READY_MARKER).write_text(key + "\n")
-    return Environment(path, python, key, reused=False)
+    return Environment(path, python, key, reused=False, rebuilt_because=damaged or "")
 
 
 def pyright_environ(tools: Path) -> dict[str, str]:
@@ -381,7 +395,12 @@ def install_project(
 def environment_task(
     workspace: Path, config: EnvironmentConfig, packages: list[str], log_path: Path | None = None
 ) -> Environment:
-    return ensure_environment(workspace, config, packages, log_path)
+    env = ensure_environment(workspace, config, packages, log_path)
+    if env.rebuilt_because:
+        from prefect import get_run_logger
+
+        get_run_logger().warning("environment rebuilt: %s", env.rebuilt_because)
+    return env
 
 
 def tool_packages(config: PipelineConfig, suites: Iterable[SuiteConfig] = ()) -> list[str]:

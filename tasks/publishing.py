@@ -8,6 +8,13 @@ bytes are skipped, different bytes under the same name refuse the whole
 release before anything is sent, and only the rest is uploaded. Re-running a
 release is therefore safe on any index, not only on those that support
 ``twine upload --skip-existing``.
+
+Never ambiguous: files are uploaded one ``twine upload`` at a time, so when the
+index goes away between two of them, :class:`PartialPublish` says which files
+are on the index and which are not (a rerun uploads the rest). Two releases of
+one version on one worker are serialised by a lock per index, project and
+version: the second plans after the first has finished, finds every file there
+with the same hash, and reports the version as already published.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import html.parser
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
@@ -33,6 +40,8 @@ from packaging.utils import (
 
 from cicd import command
 from cicd.errors import BadInput, CicdError, InfrastructureError
+from cicd.locking import file_lock
+from cicd.paths import home as cicd_home
 from tasks.packaging import ReleaseRefused, _tidy, _twine_env, sha256_file
 
 DEFAULT_REPOSITORY_URL = "https://upload.pypi.org/legacy/"
@@ -51,7 +60,7 @@ _UNREACHABLE = ("ConnectionError", "Max retries exceeded", "Timeout", "timed out
 # Hash names twine or an index may put in a URL fragment; only sha256 is trusted here.
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
-Action = Literal["uploaded", "skipped", "would-upload"]
+Action = Literal["uploaded", "skipped", "would-upload", "missing"]
 
 
 class PublishError(CicdError):
@@ -60,6 +69,24 @@ class PublishError(CicdError):
 
 class IndexUnavailable(InfrastructureError):
     """The index could not be reached or answered 5xx: worth a retry (publishing is idempotent)."""
+
+
+class PartialPublish(PublishError):
+    """Some files reached the index, then an upload failed: the report says which."""
+
+    def __init__(self, report: PublishReport, cause: str) -> None:
+        self.report = report
+        self.cause = cause
+        on_index = report.names("uploaded") + report.names("skipped")
+        super().__init__(
+            f"partial publish of {report.project} {report.version} to {report.repository_url}: "
+            f"on the index: {', '.join(on_index) or 'nothing'}; "
+            f"not on the index: {', '.join(report.names('missing'))}. "
+            f"Rerun the release to upload the rest. Cause: {cause}"
+        )
+
+    def __reduce__(self) -> tuple[type[PartialPublish], tuple[PublishReport, str]]:
+        return (type(self), (self.report, self.cause))
 
 
 # ---------------------------------------------------------------------------
@@ -141,9 +168,7 @@ def parse_simple_json(data: Mapping[str, Any], page_url: str) -> list[IndexFile]
     return files
 
 
-def list_index_files(
-    client: httpx.Client, index_url: str, project: str
-) -> dict[str, IndexFile]:
+def list_index_files(client: httpx.Client, index_url: str, project: str) -> dict[str, IndexFile]:
     """What the index already holds for ``project``, by file name (empty if unknown)."""
     url = simple_project_url(index_url, project)
     try:
@@ -220,6 +245,11 @@ class PublishReport:
 
     def names(self, action: Action) -> list[str]:
         return [f.name for f in self.files if f.action == action]
+
+    @property
+    def already_published(self) -> bool:
+        """Every file was on the index before, with the same hash: nothing to do."""
+        return bool(self.files) and all(f.action == "skipped" for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -314,27 +344,45 @@ def publish(
         if username and password and _same_origin(index_url, repository_url)
         else None
     )
-    with httpx.Client(auth=auth, timeout=HTTP_TIMEOUT, follow_redirects=True) as client:
-        existing = list_index_files(client, index_url, project)
-        planned = plan_publish(
-            paths, existing, client, label=f"{project} {version}", index_url=index_url
-        )
+    # Held from the plan to the last upload: a second release of this version
+    # plans only once the first is done, and finds its files there.
+    with file_lock(publish_lock_path(repository_url, project, version)):
+        with httpx.Client(auth=auth, timeout=HTTP_TIMEOUT, follow_redirects=True) as client:
+            existing = list_index_files(client, index_url, project)
+            planned = plan_publish(
+                paths, existing, client, label=f"{project} {version}", index_url=index_url
+            )
 
-    to_upload = [p for p, f in zip(paths, planned, strict=True) if f.action == "would-upload"]
-    if to_upload and not dry_run:
-        _twine_upload(to_upload, repository_url, username, password, python, timeout, log_path)
-        planned = [
-            PublishedFile(f.name, f.sha256, f.size, "uploaded") if f.action == "would-upload" else f
-            for f in planned
-        ]
-    return PublishReport(
-        project=project,
-        version=version,
-        repository_url=repository_url,
-        index_url=index_url,
-        dry_run=dry_run,
-        files=tuple(planned),
-    )
+        def report(files: Iterable[PublishedFile]) -> PublishReport:
+            return PublishReport(project, version, repository_url, index_url, dry_run, tuple(files))
+
+        if dry_run:
+            return report(planned)
+        done: list[PublishedFile] = []
+        for index, (path, entry) in enumerate(zip(paths, planned, strict=True)):
+            if entry.action != "would-upload":
+                done.append(entry)
+                continue
+            try:
+                # One file per call: what reached the index is known file by file.
+                _twine_upload([path], repository_url, username, password, python, timeout, log_path)
+            except (PublishError, IndexUnavailable) as exc:
+                if not done:
+                    raise  # no file of this version is on the index: not partial
+                rest = [
+                    replace(f, action="missing") if f.action == "would-upload" else f
+                    for f in planned[index:]
+                ]
+                raise PartialPublish(report([*done, *rest]), str(exc)) from exc
+            done.append(replace(entry, action="uploaded"))
+    return report(done)
+
+
+def publish_lock_path(repository_url: str, project: str, version: str) -> Path:
+    """The lock of one version on one index (``$CICD_HOME/locks``)."""
+    key = f"{repository_url.rstrip('/')}\0{canonicalize_name(project)}\0{version}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cicd_home() / "locks" / f"publish-{canonicalize_name(project)}-{digest}.lock"
 
 
 def _twine_upload(
@@ -354,9 +402,16 @@ def _twine_upload(
     env.pop("TWINE_REPOSITORY_URL", None)
     argv = [
         # --no-color: rich's colour codes would end up in logs and error messages.
-        str(python), "-m", "twine", "--no-color", "upload", "--non-interactive",
+        str(python),
+        "-m",
+        "twine",
+        "--no-color",
+        "upload",
+        "--non-interactive",
         "--disable-progress-bar",
-        "--repository-url", repository_url, *map(str, paths),
+        "--repository-url",
+        repository_url,
+        *map(str, paths),
     ]
     result = command.run(argv, env=env, timeout=timeout, log_path=log_path)
     if result.ok:

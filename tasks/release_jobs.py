@@ -18,7 +18,7 @@ from tasks.job import JobContext, JobInputs
 
 BUILD_JOB = "build"
 PUBLISH_JOB = "publish"
-ACTIONS: tuple[publishing.Action, ...] = ("uploaded", "skipped", "would-upload")
+ACTIONS: tuple[publishing.Action, ...] = ("uploaded", "skipped", "would-upload", "missing")
 
 
 def check_release_checkout(checkout: Checkout, tag: str, *, static_version: bool) -> None:
@@ -121,19 +121,57 @@ class PublishJob:
 
     def run(self, context: JobContext) -> JobResult:
         username, password = credentials(self.release)
-        published = publishing.publish(
-            list(self.files),
-            repository_url=self.repository_url,
-            index_url=self.release.index_url or publishing.index_url_for(self.repository_url),
-            username=username,
-            password=password,
-            dry_run=self.dry_run,
-            log_path=context.log(self.name),
-        )
-        details: dict[str, object] = {action: published.names(action) for action in ACTIONS}
-        details["files"] = [f.to_dict() for f in published.files]
-        reason = "dry run: nothing uploaded" if self.dry_run else ""
+        try:
+            published = publishing.publish(
+                list(self.files),
+                repository_url=self.repository_url,
+                index_url=self.release.index_url or publishing.index_url_for(self.repository_url),
+                username=username,
+                password=password,
+                dry_run=self.dry_run,
+                log_path=context.log(self.name),
+            )
+        except publishing.PartialPublish as partial:
+            return partial_result(self.name, partial)
+        if self.dry_run:
+            reason = "dry run: nothing uploaded"
+        elif published.already_published:
+            reason = (
+                f"already published: {published.project} {published.version} is on the "
+                "index with the same files (sha256), nothing uploaded"
+            )
+        else:
+            reason = ""
+        details = publish_details(published)
         return JobResult(self.name, JobState.PASSED, 0.0, reason=reason, details=details)
+
+
+def partial_result(name: str, partial: publishing.PartialPublish) -> JobResult:
+    """Failed, with the files on the index and those not in --json and the summary."""
+    return JobResult(
+        name,
+        JobState.FAILED,
+        0.0,
+        reason=str(partial),
+        details=publish_details(partial.report),
+        section=publish_section(partial.report),
+    )
+
+
+def publish_details(report: publishing.PublishReport) -> dict[str, object]:
+    details: dict[str, object] = {action: report.names(action) for action in ACTIONS}
+    details["files"] = [f.to_dict() for f in report.files]
+    return details
+
+
+def publish_section(report: publishing.PublishReport) -> str:
+    """The summary's list of what is on the index and what is not."""
+    lines = [f"## Publish of {report.project} {report.version}: partial", ""]
+    marks = {"uploaded": "on the index (uploaded now)", "skipped": "on the index (before)"}
+    for entry in report.files:
+        lines.append(f"- `{entry.name}`: {marks.get(entry.action, 'NOT on the index')}")
+    lines += ["", "Rerun the release to upload the missing files."]
+    return "\n".join(lines)
 
 
 def published_files(publish: JobResult) -> list[publishing.PublishedFile]:

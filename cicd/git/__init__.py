@@ -16,6 +16,7 @@ working tree is only ever read by ``git clone``/``git fetch``, never written.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ from cicd.git.inputs import (
     shown,
     validate_repo_address,
 )
+from cicd.git.mirror_health import looks_corrupt, pack_damage
 from cicd.locking import file_lock
 
 __all__ = [
@@ -68,6 +70,8 @@ __all__ = [
     "validate_repo_address",
 ]
 
+_log = logging.getLogger(__name__)
+
 GIT_TIMEOUT = 300.0
 # Honoured by git itself, whatever the user's, the repository's or a remote's
 # configuration says (https://git-scm.com/docs/git#Documentation/git.txt-GITALLOWPROTOCOL,
@@ -95,6 +99,8 @@ class Checkout:
     commit: str
     path: Path
     mirror: Path
+    # Why the mirror was rebuilt for this checkout ("" when it was reused).
+    healed: str = ""
 
 
 @dataclass(frozen=True)
@@ -207,20 +213,38 @@ def mirror_path(repo: str) -> Path:
 
 def update_mirror(repo: str) -> Path:
     """Create or refresh the bare mirror of ``repo``; returns its path."""
+    return _update_mirror(repo)[0]
+
+
+def _update_mirror(repo: str, damage: str | None = None) -> tuple[Path, str]:
+    """The mirror, and why it was rebuilt ("" when it was not).
+
+    A mirror git cannot read (``cicd.git.mirror_health``) is deleted and cloned
+    again, once: ``damage`` names a fault a caller saw; the packs are checked
+    before every fetch, and a failed fetch that reads as damage rebuilds too.
+    """
     repo = check_repo_address(repo)
     mirror = mirror_path(repo)
     with file_lock(mirror.with_name(mirror.name + ".lock")):
-        if not (mirror / "HEAD").is_file():
+        if (mirror / "HEAD").is_file() and damage is None:
+            damage = pack_damage(mirror)
+            if damage is None:
+                result = _run("-C", mirror, "fetch", "--prune", "--tags", "--force", "origin")
+                if result.ok:
+                    return mirror, ""
+                damage = pack_damage(mirror) or (
+                    f"git fetch failed: {result.tail(3)}" if looks_corrupt(result.tail(5)) else None
+                )
+                if damage is None:
+                    raise _fetch_error(repo, result)
+        if damage is not None:
+            _log.warning("mirror %s cannot be read, cloning it again: %s", mirror, damage)
+        shutil.rmtree(mirror, ignore_errors=True)
+        result = _run("clone", "--mirror", "--quiet", "--", repo, mirror)
+        if not result.ok:
             shutil.rmtree(mirror, ignore_errors=True)
-            result = _run("clone", "--mirror", "--quiet", "--", repo, mirror)
-            if not result.ok:
-                shutil.rmtree(mirror, ignore_errors=True)
-                raise _fetch_error(repo, result)
-        else:
-            result = _run("-C", mirror, "fetch", "--prune", "--tags", "--force", "origin")
-            if not result.ok:
-                raise _fetch_error(repo, result)
-    return mirror
+            raise _fetch_error(repo, result)
+    return mirror, damage or ""
 
 
 def _fetch_error(repo: str, result: GitResult) -> Exception:
@@ -253,10 +277,18 @@ def checkout(repo: str, ref: str) -> Checkout:
     """Fetch ``repo`` and check ``ref`` out into a new workspace."""
     check_ref(ref)  # before any fetch: bad input costs nothing
     repo = normalize_repo(repo)
-    mirror = update_mirror(repo)
-    commit = resolve_ref(mirror, ref)
-    dest = clone_workspace(mirror, commit)
-    return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror)
+    mirror, healed = _update_mirror(repo)
+    try:
+        commit = resolve_ref(mirror, ref)
+        dest = clone_workspace(mirror, commit)
+    except (BadInput, InfrastructureError) as exc:
+        # Damage that the pack check cannot see (a corrupt loose object): rebuilt once.
+        if healed or not looks_corrupt(str(exc)):
+            raise
+        mirror, healed = _update_mirror(repo, damage=str(exc))
+        commit = resolve_ref(mirror, ref)
+        dest = clone_workspace(mirror, commit)
+    return Checkout(repo=repo, ref=ref, commit=commit, path=dest, mirror=mirror, healed=healed)
 
 
 def clone_workspace(mirror: Path, commit: str) -> Path:

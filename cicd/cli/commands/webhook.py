@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
+from pathlib import Path
 
 from cicd.errors import BadInput
 
@@ -50,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--deployment-template",
         default="{flow}/{flow}",
         help="deployment started per flow (default: {flow}/{flow})",
+    )
+    parser.add_argument(
+        "--deliveries-db",
+        metavar="PATH",
+        help="SQLite file remembering delivery ids and their runs across restarts "
+        "(default: $CICD_HOME/webhook/deliveries.db)",
     )
 
 
@@ -93,17 +101,25 @@ def run(args: argparse.Namespace) -> int:
     secret = read_secret(args)
 
     from deployments.webhook import make_server, start_with_prefect
+    from deployments.webhook_store import DeliveryStore, default_path
 
     start = start_with_prefect(args.deployment_template)
+    db = Path(args.deliveries_db) if args.deliveries_db else default_path()
     try:
-        server = make_server(args.host, args.port, secret, start, args.tag_prefix, args.branches)
+        store = DeliveryStore(db)
+    except sqlite3.Error as exc:
+        raise BadInput(f"--deliveries-db {db}: {exc}") from None
+    try:
+        server = make_server(
+            args.host, args.port, secret, start, args.tag_prefix, args.branches, store=store
+        )
     except OSError as exc:
+        store.close()
         raise BadInput(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # The first line tells a supervisor (or a test) where it listens, port 0 included.
     print(
-        f"webhook receiver listening on {server.url} "
-        f"(Prefect API {os.environ['PREFECT_API_URL']})",
+        f"webhook receiver listening on {server.url} (Prefect API {os.environ['PREFECT_API_URL']})",
         flush=True,
     )
     try:
