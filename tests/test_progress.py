@@ -100,8 +100,8 @@ def test_the_summary_has_the_verdict_counts_coverage_and_reason() -> None:
         "failed in 12.3 s: 41 passed, 1 failed, 0 errors, 2 skipped, coverage 87.5% "
         "(pytest (exit 1))"
     )
-    cached = job_summary(result(JobState.CACHED, origin="run-1"))
-    assert cached == "cached (ran 12.3 s in run-1)"
+    cached = job_summary(result(JobState.CACHED, origin="a54bfbbf-1359-459c-84a2-f61d88361f6e"))
+    assert cached == "cached (ran 12.3 s in run a54bfbbf)"
     assert job_summary(result(JobState.TIMED_OUT)) == "timed out in 12.3 s"
 
 

@@ -59,7 +59,9 @@ def job_summary(result: JobResult) -> str:
     state = result.state.value.replace("_", " ")
     text = f"{state} in {result.duration:.1f} s"
     if result.state.value == "cached":
-        text = f"cached (ran {result.duration:.1f} s in {result.origin or 'an earlier run'})"
+        # The flow run's id, cut like a commit's (the report has it whole).
+        origin = f"run {result.origin[:8]}" if result.origin else "an earlier run"
+        text = f"cached (ran {result.duration:.1f} s in {origin})"
     details: list[str] = []
     if result.tests is not None:
         counts = result.tests
@@ -161,11 +163,11 @@ class JobLine:
 class LiveView:
     """One line per job, updated in place (rich's Live redraws it 4 times a second)."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], width: int | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(file=stream, stderr=True, highlight=False)
+        self.console = Console(file=stream, stderr=True, highlight=False, width=width)
         self._lock = threading.Lock()
         self._jobs: dict[str, JobLine] = {}
         self._live = Live(
@@ -173,8 +175,12 @@ class LiveView:
             console=self.console,
             refresh_per_second=4,
             transient=False,
+            # What else writes to stderr while the view is up (warnings, a
+            # print) goes above it instead of through it; stdout stays the
+            # report's. Prefect's console handler keeps the stream it was
+            # given at import, and may still cut across a frame.
             redirect_stdout=False,
-            redirect_stderr=False,
+            redirect_stderr=True,
         )
         self._live.start()
 
@@ -183,14 +189,15 @@ class LiveView:
         from rich.table import Table
         from rich.text import Text
 
-        table = Table.grid(padding=(0, 1))
-        table.add_column(width=2)
-        table.add_column(no_wrap=True)
-        table.add_column(justify="right", no_wrap=True)
-        table.add_column(no_wrap=True, overflow="ellipsis")
         now = time.time()
         with self._lock:
             jobs = list(self._jobs.values())
+        table = Table.grid(padding=(0, 1))
+        table.add_column(width=1, min_width=1)
+        # The job's name and its time are never cut; what it does is, at the end.
+        table.add_column(no_wrap=True, min_width=max((len(job.name) for job in jobs), default=1))
+        table.add_column(justify="right", no_wrap=True, min_width=7)
+        table.add_column(no_wrap=True, overflow="ellipsis")
         for job in jobs:
             if job.ended:
                 mark = Text("✓" if job.ok else "✗", style="green" if job.ok else "red")
