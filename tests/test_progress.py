@@ -10,7 +10,10 @@ render to real streams. The end-to-end run is in
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
+import subprocess
 import sys
 import threading
 import uuid
@@ -23,6 +26,7 @@ from cicd.cli.progress_view import LiveView, PlainView, QuietView, job_summary, 
 from cicd.results import JobResult, JobState, TestCounts
 from tasks import progress
 from tasks.job import Deadline, run_step
+from tests.conftest import BIN
 
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 
@@ -182,3 +186,23 @@ def _no_listener_left() -> None:
     # A test must not leave a listener behind for the next one.
     yield  # type: ignore[misc]
     assert not progress._listeners
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cicd_run_prints_progress_on_stderr_unless_quiet_and_keeps_stdout_one_object(
+    sample_repos: dict[str, Path], quiet: bool
+) -> None:
+    argv = [str(BIN / "cicd"), "run", "pr-validation", "--repo", str(sample_repos["agentkit"])]
+    argv += ["--ref", "bad-config", "--json", *(["--quiet"] if quiet else [])]
+    result = subprocess.run(
+        argv, env=dict(os.environ), capture_output=True, text=True, timeout=600, check=False
+    )
+
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert json.loads(result.stdout)["state"] == "error"  # one object, nothing else
+    progress_lines = [line for line in result.stderr.splitlines() if STAMP.match(line)]
+    if quiet:
+        assert progress_lines == [], result.stderr
+    else:
+        assert [STAMP.sub("", line) for line in progress_lines] == ["pr-validation: started"]
