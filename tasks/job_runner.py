@@ -35,7 +35,7 @@ from prefect import task
 from prefect.futures import PrefectFuture
 from prefect.states import Failed
 
-from cicd import command
+from cicd import command, masking
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.results import JobResult, JobState
 from cicd.runs import PipelineRun
@@ -118,7 +118,10 @@ def execute(job: Job, context: JobContext) -> JobResult:
         with log.open("a", encoding="utf-8") as handle:
             handle.write(traceback.format_exc())
         result = ended(JobState.ERRORED, f"internal error: {type(exc).__name__}: {exc} (see {log})")
-    return replace(result, origin=context.run.run_id)
+    # The reason goes into the task's state message (sent to the Prefect API
+    # as is), its stored result and the progress lines: a secret in use that
+    # it quotes (an exception's message, a command line) is masked here once.
+    return replace(result, origin=context.run.run_id, reason=masking.mask(result.reason))
 
 
 def keep_out_of_cache() -> None:
