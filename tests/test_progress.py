@@ -14,7 +14,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -29,6 +28,8 @@ from tasks.job import Deadline, run_step
 from tests.conftest import BIN
 
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
+# A step sees /usr, not this environment (cicd/sandbox.py).
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def collected() -> tuple[list[progress.ProgressEvent], progress.Listener]:
@@ -44,14 +45,14 @@ def test_a_step_emits_its_start_with_the_masked_command_and_its_end(tmp_path: Pa
     with progress.listening(listener), progress.job_running("unit"):
         ok = run_step(
             "echo",
-            [sys.executable, "-c", "print('hi')", secret],
+            [SYSTEM_PYTHON, "-c", "print('hi')", secret],
             cwd=tmp_path,
             env={"PATH": "/usr/bin:/bin"},
             deadline=Deadline(60),
         )
         failing = run_step(
             "fail",
-            [sys.executable, "-c", "raise SystemExit(3)"],
+            [SYSTEM_PYTHON, "-c", "raise SystemExit(3)"],
             cwd=tmp_path,
             env={"PATH": "/usr/bin:/bin"},
             deadline=Deadline(60),
@@ -84,7 +85,7 @@ def test_a_listener_that_raises_never_reaches_the_job(tmp_path: Path) -> None:
     with progress.listening(broken), progress.listening(listener):
         result = run_step(
             "true",
-            [sys.executable, "-c", "pass"],
+            [SYSTEM_PYTHON, "-c", "pass"],
             cwd=tmp_path,
             env={"PATH": "/usr/bin:/bin"},
             deadline=Deadline(60),
