@@ -168,6 +168,19 @@ def test_the_live_view_keeps_one_line_per_job_and_ends_with_each_verdict() -> No
     assert any("quality" in line and "cached" in line for line in final), out
 
 
+def test_on_a_narrow_terminal_only_what_a_job_does_is_cut() -> None:
+    stream = io.StringIO()
+    view = LiveView(stream, width=40)
+    with watching(view):
+        progress.job_finished(
+            JobResult("framework-tests", JobState.FAILED, 3.0, tests=TestCounts(failed=9))
+        )
+
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("✗ framework-tests"), last
+    assert last.rstrip().endswith("…") and len(last.rstrip()) <= 40, last
+
+
 def test_the_view_is_live_on_a_terminal_plain_elsewhere_and_quiet_on_demand() -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

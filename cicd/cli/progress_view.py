@@ -193,11 +193,15 @@ class LiveView:
         with self._lock:
             jobs = list(self._jobs.values())
         table = Table.grid(padding=(0, 1))
-        table.add_column(width=1, min_width=1)
-        # The job's name and its time are never cut; what it does is, at the end.
-        table.add_column(no_wrap=True, min_width=max((len(job.name) for job in jobs), default=1))
-        table.add_column(justify="right", no_wrap=True, min_width=7)
-        table.add_column(no_wrap=True, overflow="ellipsis")
+        # The mark, the job's name and its time are never cut; what it does is,
+        # at the end: rich would otherwise shrink every column of a row that
+        # is wider than the terminal, the mark first.
+        name_width = max((len(job.name) for job in jobs), default=1)
+        detail_width = max(10, self.console.width - (1 + name_width + 7 + 3))
+        table.add_column(width=1, no_wrap=True)
+        table.add_column(no_wrap=True, width=name_width)
+        table.add_column(justify="right", no_wrap=True, width=7)
+        table.add_column(no_wrap=True, overflow="ellipsis", max_width=detail_width)
         for job in jobs:
             if job.ended:
                 mark = Text("✓" if job.ok else "✗", style="green" if job.ok else "red")
