@@ -22,6 +22,7 @@ from cicd.results import JobResult, JobState, StepResult
 from cicd.runs import PipelineRun
 from cicd.sandbox import kill_note
 from cicd.sandbox_step import confine_step
+from tasks import progress
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ def run_step(
     """
     if deadline.expired:
         return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
+    progress.step_started(name, " ".join(argv))
+    started = time.monotonic()
     try:
         # Confined (cicd/sandbox.py): the step sees its workspace, not the worker.
         with confine_step(argv, cwd, env) as (confined_argv, confined_env):
@@ -127,7 +130,12 @@ def run_step(
                 log_path=log_path,
             )
     except FileNotFoundError as exc:
+        progress.step_finished(name, 127, time.monotonic() - started, False)
         return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
+    except BaseException:
+        progress.step_finished(name, -1, time.monotonic() - started, False)
+        raise
+    progress.step_finished(name, result.returncode, result.duration, result.timed_out)
     if not result.ok and command.closed():
         raise command.Cancelled(f"{name} was stopped: the run is shutting down")
     return StepResult(

@@ -35,10 +35,11 @@ from prefect import task
 from prefect.futures import PrefectFuture
 from prefect.states import Failed
 
-from cicd import command
+from cicd import command, masking
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.results import JobResult, JobState
 from cicd.runs import PipelineRun
+from tasks import progress
 from tasks.job import Deadline, Job, JobContext, JobInputs, JobSkipped
 
 # Part of every cache key. Bump it when the shape of JobResult changes: a result
@@ -117,7 +118,10 @@ def execute(job: Job, context: JobContext) -> JobResult:
         with log.open("a", encoding="utf-8") as handle:
             handle.write(traceback.format_exc())
         result = ended(JobState.ERRORED, f"internal error: {type(exc).__name__}: {exc} (see {log})")
-    return replace(result, origin=context.run.run_id)
+    # The reason goes into the task's state message (sent to the Prefect API
+    # as is), its stored result and the progress lines: a secret in use that
+    # it quotes (an exception's message, a command line) is masked here once.
+    return replace(result, origin=context.run.run_id, reason=masking.mask(result.reason))
 
 
 def keep_out_of_cache() -> None:
@@ -142,7 +146,9 @@ def job_task(job: Job, run: PipelineRun, workspace: Path) -> JobOutcome:
     """A job as a Prefect task: its own state, its artifact, its cache entry."""
     from tasks.reports import publish_job_artifact
 
-    result = execute(job, JobContext(run, workspace, Deadline(job.timeout)))
+    with progress.job_running(job.name):
+        result = execute(job, JobContext(run, workspace, Deadline(job.timeout)))
+    progress.job_finished(result)
     publish_job_artifact(run.flow, result)
     if result.state is not JobState.PASSED:
         keep_out_of_cache()
@@ -205,7 +211,18 @@ def cached(result: JobResult) -> JobResult:
 
 
 def job_result(name: str, future: JobFuture) -> JobResult:
-    """The result of a submitted job, whatever state its task ended in."""
+    """The result of a submitted job, whatever state its task ended in.
+
+    Its end is also a progress event: a job served from the cache or that
+    crashed never ran ``job_task`` to its end (a watcher ignores a second end
+    of a job it saw finish).
+    """
+    result = _job_result(name, future)
+    progress.job_finished(result)
+    return result
+
+
+def _job_result(name: str, future: JobFuture) -> JobResult:
     future.wait()
     state = future.state
     if state.is_completed():

@@ -89,6 +89,32 @@ def test_parsing_the_command_line_imports_no_prefect(argv: list[str]) -> None:
     assert "PREFECT MODULES []" in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "pr-validation", "--no-such-option"],
+        ["run", "no-such-pipeline"],
+        ["run", "release", "--json", "--ref"],
+        ["no-such-command"],
+    ],
+)
+def test_a_refused_command_line_imports_no_prefect(argv: list[str]) -> None:
+    # Issue 11: an argument error answers as fast as --help (Prefect's import
+    # is most of the ~10 s a command took), so it must not import Prefect either.
+    result = python(
+        f"""
+        import sys
+        from cicd.cli import main
+        code = main.main({argv!r})
+        loaded = sorted(m for m in sys.modules if m == "prefect" or m.startswith("prefect."))
+        print("EXIT", code, "PREFECT MODULES", loaded)
+        """,
+        env=cli_env(),
+    )
+    assert "EXIT 2 PREFECT MODULES []" in result.stdout, result.stdout[-2000:] + result.stderr
+    assert "usage: cicd" in result.stderr
+
+
 def test_run_help_lists_every_registered_pipeline_and_its_options() -> None:
     from flows.registry import PIPELINES
 

@@ -693,7 +693,8 @@ def test_two_real_servers_serve_cypher_and_stop(service_state: Path) -> None:
         "neo4j": ServiceConfig(backend="process"),
         "graph": ServiceConfig(
             backend="process",
-            password="another-password",
+            # Every character the admin tool's @file could misread (neo4j_launch).
+            password='@another "pass" \\word #1',
             export={"GRAPH_URI": "{uri}", "GRAPH_HTTP": "http://{host}:{http_port}",
                     "GRAPH_PASSWORD": "{password}"},
         ),

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cicd import command, paths
+from cicd import command, masking, paths
 from cicd.errors import BadInput, CicdError
 
 EXIT_PASSED = 0
@@ -57,7 +57,8 @@ class Outcome:
 
     def print_json(self, payload: dict[str, Any]) -> None:
         if self.json_output and not self.printed:
-            print(json.dumps(payload), flush=True)
+            # The one object on stdout never carries a secret in use.
+            print(json.dumps(masking.mask_json(payload)), flush=True)
             self.printed = True
 
 
@@ -72,13 +73,17 @@ def log_traceback(exc: BaseException) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     path = directory / f"cicd-{stamp}-{os.getpid()}.log"
-    with path.open("w", encoding="utf-8") as handle:
-        handle.write(f"cicd {' '.join(sys.argv[1:])}\n\n")
-        traceback.print_exception(exc, file=handle)
+    text = f"cicd {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc))
+    # An exception's message may carry a secret in use (a command line, a URL).
+    path.write_text(masking.mask(text), encoding="utf-8")
     return path
 
 
 def _fail(outcome: Outcome, code: int, state: str, line: str, error: str) -> None:
+    # Every secret in use is masked here too: an error message may quote a
+    # command line that carried one (issue 11: a cancelled Neo4j start
+    # printed ``set-initial-password <password>``).
+    line, error = masking.mask(line), masking.mask(error)
     print(line, file=sys.stderr, flush=True)
     payload: dict[str, Any] = {"state": state, "exit_code": code, "error": error}
     if outcome.flow is not None:

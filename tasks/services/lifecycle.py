@@ -5,6 +5,7 @@ reached through the registry (``all_services``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from cicd import masking
 from cicd.errors import BadInput, ConfigError, InfrastructureError
+from tasks import progress
 from tasks.services.all_services import every_backend, select_backend
 from tasks.services.base import RunningService, logger
 from tasks.services.host import PortInUse
@@ -34,15 +36,19 @@ def start_service(name: str, config: ServiceConfig, run_dir: Path) -> RunningSer
     backend = select_backend(config)
     # The password is masked wherever it could show: logs, reports, --json.
     masking.register([config.password])
+    progress.service_starting(name, backend.name)
+    started = time.monotonic()
     try:
-        return backend.start(name, config, run_dir)
+        service = backend.start(name, config, run_dir)
     except PortInUse:
         raise  # another program's port: trying again at once changes nothing
     except InfrastructureError as exc:
         logger.warning(
             "%s: start on the %s backend failed, retrying once: %s", name, backend.name, exc
         )
-    return backend.start(name, config, run_dir)
+        service = backend.start(name, config, run_dir)
+    progress.service_ready(name, time.monotonic() - started)
+    return service
 
 
 @contextmanager

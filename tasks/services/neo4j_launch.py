@@ -177,19 +177,62 @@ def admin_env(home: Path) -> dict[str, str]:
     return env
 
 
-def set_initial_password(java: str, home: Path, lib: Path, password: str) -> None:
-    """What the neo4j image does for NEO4J_AUTH: must run before the first start."""
-    result = command.run(
-        [java, "-Xmx128m", "-cp", f"{lib}/*", ADMIN_TOOL, "dbms", "set-initial-password", password],
-        cwd=home,
-        env=admin_env(home),
-        timeout=ADMIN_TIMEOUT_SECONDS,
+def argument_file_line(value: str) -> str:
+    """``value`` as one quoted argument of a picocli ``@file``.
+
+    neo4j-admin is a picocli program, and picocli reads arguments from
+    ``@path`` files (https://picocli.info/#AtFiles) with Java's
+    ``StreamTokenizer``: within double quotes a backslash escapes the next
+    character and ``\\n`` is a newline; an argument starting with ``@`` would
+    itself be read as a file, and ``@@`` stands for a literal ``@``
+    (measured with Neo4j 5.26's admin tool).
+    """
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     )
+    if value.startswith("@"):
+        escaped = "@" + escaped
+    return f'"{escaped}"\n'
+
+
+def set_initial_password(java: str, home: Path, lib: Path, password: str) -> None:
+    """What the neo4j image does for NEO4J_AUTH: must run before the first start.
+
+    ``neo4j-admin dbms set-initial-password`` takes the password only as an
+    argument (its ``--help``: ``<password>``, no file or environment option).
+    On argv it would be visible to every user in ``ps`` and in every line
+    that prints the command (a cancelled run's error, the step log), so it
+    goes through picocli's ``@file`` expansion instead: argv carries the
+    path of a file only its owner can read, removed as soon as the tool ran.
+    """
+    secret_file = home / "run" / "initial-password.args"
+    descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(argument_file_line(password))
+    try:
+        result = command.run(
+            [
+                java,
+                "-Xmx128m",
+                "-cp",
+                f"{lib}/*",
+                ADMIN_TOOL,
+                "dbms",
+                "set-initial-password",
+                f"@{secret_file}",
+            ],
+            cwd=home,
+            env=admin_env(home),
+            timeout=ADMIN_TIMEOUT_SECONDS,
+        )
+    finally:
+        secret_file.unlink(missing_ok=True)
     if not result.ok:
         # The output names the conf problem (the password is not in it); the
         # Java stack frames around it only bury the message.
         lines = [
-            line for line in result.output.splitlines()
+            line
+            for line in result.output.splitlines()
             if not line.lstrip().startswith(("at ", "... "))
         ]
         raise InfrastructureError(

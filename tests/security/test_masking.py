@@ -129,3 +129,38 @@ def test_a_command_that_prints_a_secret_in_use_shows_it_nowhere(tmp_path: Path) 
     assert result.ok
     assert secret not in result.output and MASK in result.output
     assert secret not in log.read_text() and MASK in log.read_text()
+
+
+def test_a_job_whose_error_quotes_a_secret_reports_it_masked(tmp_path: Path) -> None:
+    # The reason becomes the task's state message, sent to the Prefect API as
+    # is, and its stored result (issue 11, item 5).
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from cicd.errors import CicdError
+    from cicd.results import JobResult, JobState
+    from cicd.runs import PipelineRun
+    from tasks.job import Deadline, JobContext, JobInputs
+    from tasks.job_runner import execute
+
+    secret = fresh_secret("pw")
+    masking.register([secret])
+
+    @dataclass(frozen=True)
+    class Quoting:
+        name: str = "quoting"
+        timeout: float = 10.0
+        kind: ClassVar[str] = "quoting"
+        version: ClassVar[str] = "1"
+
+        def inputs(self) -> JobInputs:
+            return JobInputs(None)
+
+        def run(self, context: JobContext) -> JobResult:
+            raise CicdError(f"neo4j-admin set-initial-password {secret} failed")
+
+    context = JobContext(PipelineRun("t", "run-1", tmp_path), tmp_path, Deadline(10))
+    result = execute(Quoting(), context)
+
+    assert result.state is JobState.FAILED
+    assert result.reason == f"neo4j-admin set-initial-password {MASK} failed"

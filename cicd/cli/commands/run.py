@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -43,6 +44,12 @@ def add_pipeline(parser: argparse.ArgumentParser, entry: Pipeline) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object with the results"
     )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr while it runs (a live view on a terminal, "
+        "timestamped lines otherwise)",
+    )
 
 
 def _print_human(report: dict[str, Any]) -> None:
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
     """Run the pipeline; a failed pipeline is a report and exit 1, any other
     error goes to the error handler."""
     from cicd.cli.prefect_api import require_api, start_temporary_server
+    from cicd.cli.progress_view import make_view, watching
     from cicd.results import PipelineFailed
 
     entry = PIPELINES[args.pipeline]
@@ -81,18 +89,24 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
         repo = str(default_sample_repo())
     flow = entry.load()
     started = time.monotonic()
-    api_url = os.environ.get("PREFECT_API_URL")
-    if api_url:
-        require_api(api_url)
-    else:
-        # The temporary server, started one run at a time.
-        start_temporary_server()
-    try:
-        report = flow(**entry.parameters(vars(args), repo))
-        code = EXIT_PASSED
-    except PipelineFailed as failed:
-        report = failed.report.to_json()
-        code = EXIT_FAILED
+    # The flow runs here, in this process, its jobs in the task runner's
+    # threads: their progress events reach the view directly.
+    with watching(make_view(sys.stderr, quiet=getattr(args, "quiet", False))) as view:
+        api_url = os.environ.get("PREFECT_API_URL")
+        if api_url:
+            require_api(api_url)
+        else:
+            # The temporary server, started one run at a time.
+            view.note("Prefect: starting a temporary server…")
+            start_temporary_server()
+            view.note(f"Prefect: temporary server ready in {time.monotonic() - started:.1f} s")
+        view.note(f"{entry.name}: started")
+        try:
+            report = flow(**entry.parameters(vars(args), repo))
+            code = EXIT_PASSED
+        except PipelineFailed as failed:
+            report = failed.report.to_json()
+            code = EXIT_FAILED
     report = {**report, "flow": entry.name, "duration": round(time.monotonic() - started, 3)}
     if outcome.json_output:
         outcome.print_json(report)
