@@ -126,8 +126,8 @@ def stop_postgres(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+@pytest.fixture(scope="session", name="postgres")
+def postgres_fixture() -> Iterator[PostgresServer]:
     """A PostgreSQL server of its own for the session, started on first use."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:

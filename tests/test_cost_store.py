@@ -14,7 +14,7 @@ from tasks.llm.budget import BudgetExceeded, check_budget
 from tasks.llm.calls import CallRecord
 from tasks.llm.costs import CostStore, default_url
 from tasks.llm.fake_upstream import FakeUpstream
-from tests.postgres_fixture import PostgresServer, postgres  # noqa: F401 - fixture
+from tests.postgres_fixture import PostgresServer, postgres_fixture  # noqa: F401 - fixture
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
