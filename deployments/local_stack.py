@@ -26,6 +26,7 @@ from deployments.stack_auth import (
     new_auth_string,
     read_auth_string,
     register_secret,
+    require_access,
     write_auth_string,
 )
 from deployments.stack_auth import server_env as auth_server_env
@@ -200,6 +201,8 @@ def up(
         state = StackState(api_url=api_url_for(host, port), host=host, port=port)
     api_url = state.api_url
     auth = _auth_string(server_url, reused, directory)
+    if server_url is not None:
+        require_access(server_url, auth)
     # Drop records of processes that are gone (crashed, rebooted).
     state.processes = [p for p in state.processes if is_running(p)]
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cicd import masking
+from cicd.errors import BadInput
 from deployments.stack_state import read_state, state_dir
 
 AUTH_FILE = "api-auth"
@@ -95,3 +96,28 @@ def client_env(auth: str | None) -> dict[str, str]:
 def server_env(auth: str | None) -> dict[str, str]:
     # The server's own clients (its services) talk to it through the API too.
     return {SERVER_SETTING: auth, CLIENT_SETTING: auth} if auth else {}
+
+
+def require_access(api_url: str, auth: str | None, timeout: float = 10.0) -> None:
+    """Fail with the fix when ``api_url`` refuses ``auth`` (health answers without it)."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{api_url}/admin/version")
+    if auth:
+        token = base64.b64encode(auth.encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            return  # not ours to judge here: the next call reports it
+    except OSError:
+        return
+    given = "was refused" if auth else "is not set"
+    raise BadInput(
+        f"the Prefect API at {api_url} needs its password (HTTP basic auth): "
+        f"{CLIENT_SETTING} {given}; set it to the server's {SERVER_SETTING}"
+    )

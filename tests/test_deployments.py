@@ -383,10 +383,8 @@ def test_the_stack_api_needs_its_password_and_the_cli_and_workers_have_it(stack:
         workers = client.read_workers_for_work_pool("cicd-process")
         assert [w.status for w in workers] == [WorkerStatus.ONLINE]
     # ... and so does the CLI, from the stack's state alone (no PREFECT_API_AUTH_STRING).
-    listed = cli(
-        "run", "pr-validation", "--repo", "/nonexistent/repo", "--ref", "main", "--json",
-        env=stack.env,
-    )
+    argv = ["run", "pr-validation", "--repo", "/nonexistent/repo", "--ref", "main", "--json"]
+    listed = cli(*argv, env=stack.env)
     assert listed.returncode == 2, listed.stdout + listed.stderr[-2000:]
     assert "401" not in listed.stdout + listed.stderr and secret not in listed.stderr
     # The prefect CLI without it is refused.
