@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,13 @@ def postgres_fixture() -> Iterator[PostgresServer]:
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         pytest.skip("PostgreSQL is not installed (scripts/test installs Debian's postgresql)")
+    with running_postgres(bin_dir) as server:
+        yield server
+
+
+@contextmanager
+def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
+    """A throwaway cluster on a free port, stopped and deleted on exit."""
     user = _service_user()
     # Not under pytest's tmp_path: that is 0700 root's, closed to the postgres user.
     root = Path(tempfile.mkdtemp(prefix="cicd-postgres-"))

@@ -359,6 +359,9 @@ def test_cicd_up_registers_pool_deployments_schedules_and_worker(stack: Stack) -
         assert first.parameters["repo"] == nightly.parameters["repo"]
 
 
+CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
+
+
 @pytest.mark.slow
 def test_the_stack_api_needs_its_password_and_the_cli_and_workers_have_it(stack: Stack) -> None:
     auth = stack.state_dir / "api-auth"
@@ -382,21 +385,25 @@ def test_the_stack_api_needs_its_password_and_the_cli_and_workers_have_it(stack:
     with api(stack.api_url) as client:
         workers = client.read_workers_for_work_pool("cicd-process")
         assert [w.status for w in workers] == [WorkerStatus.ONLINE]
-    # ... and so does the CLI, from the stack's state alone (no PREFECT_API_AUTH_STRING).
+    # ... and so does the CLI, from the stack's state alone (no PREFECT_API_URL, no
+    # PREFECT_API_AUTH_STRING): the run reaches the flow, which finds no such repo.
+    own = {k: v for k, v in stack.env.items() if k not in ("PREFECT_API_URL", CLIENT_AUTH)}
     argv = ["run", "pr-validation", "--repo", "/nonexistent/repo", "--ref", "main", "--json"]
-    listed = cli(*argv, env=stack.env)
+    listed = cli(*argv, env=own)
     assert listed.returncode == 2, listed.stdout + listed.stderr[-2000:]
-    assert "401" not in listed.stdout + listed.stderr and secret not in listed.stderr
+    assert "Unauthorized" not in listed.stdout + listed.stderr
+    assert "does not exist" in listed.stderr, listed.stderr[-2000:]
+    assert secret not in listed.stdout + listed.stderr
     # The prefect CLI without it is refused.
     refused = subprocess.run(
         [str(BIN / "prefect"), "deployment", "ls"],
-        env={**stack.env, "PREFECT_API_URL": stack.api_url},
+        env={**own, "PREFECT_API_URL": stack.api_url},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "401 Unauthorized" in refused.stdout + refused.stderr
 
 
 @pytest.mark.slow
