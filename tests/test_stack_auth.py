@@ -1,7 +1,7 @@
-"""The local stack's API password on disk and in the CLI's settings, and the
-CLI's default result storage: pure parts, no server (the stack itself is
-tested in tests/test_deployments.py, a protected server on PostgreSQL in
-tests/test_prefect_on_postgres.py)."""
+"""The local stack's API password on disk and in the CLI's settings, the CLI's
+default result storage and the webhook's default address: pure parts, no server
+(the stack itself is tested in tests/test_deployments.py, a protected server on
+PostgreSQL in tests/test_prefect_on_postgres.py)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,13 @@ def test_runs_share_one_result_directory_per_cicd_home(stack_home: Path) -> None
     block = {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "s3-bucket/ci"}
     apply_defaults(block)
     assert "PREFECT_LOCAL_STORAGE_PATH" not in block
+
+
+def test_the_webhook_receiver_listens_on_loopback_unless_told_otherwise() -> None:
+    from cicd.cli.main import build_parser
+
+    parser = build_parser()
+    default = parser.parse_args(["webhook", "--secret-env", "CICD_WEBHOOK_SECRET"])
+    assert default.host == "127.0.0.1"
+    told = parser.parse_args(["webhook", "--host", "0.0.0.0", "--secret-env", "X_SECRET"])
+    assert told.host == "0.0.0.0"
