@@ -21,7 +21,7 @@ import logging
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +174,24 @@ def install_filter(logger_names: Iterable[str] = PREFECT_LOGGERS) -> MaskingFilt
                 if FILTER not in handler.filters:
                     handler.addFilter(FILTER)
     return FILTER
+
+
+# Settings whose values are credentials of the Prefect API itself: the basic-auth
+# string (``user:password``) of a protected server and a Cloud key.
+CREDENTIAL_SETTINGS = (
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_API_AUTH_STRING",
+    "PREFECT_API_KEY",
+)
+
+
+def register_credentials(environ: Mapping[str, str]) -> None:
+    """Mask the API credentials found in ``environ`` (a worker hands them to its
+    flow runs in their environment), the auth string's password on its own too."""
+    for name in CREDENTIAL_SETTINGS:
+        value = environ.get(name)
+        if value:
+            # A password shorter than MIN_SECRET_LENGTH cannot be masked alone
+            # without masking ordinary words; the whole string still is.
+            parts = (value, value.partition(":")[2])
+            register([part for part in parts if len(part) >= MIN_SECRET_LENGTH])

@@ -19,6 +19,17 @@ from pathlib import Path
 
 from cicd import paths
 from cicd.errors import BadInput
+from deployments.stack_auth import (
+    auth_string_for,
+    client_env,
+    forget_auth_string,
+    new_auth_string,
+    read_auth_string,
+    register_secret,
+    require_access,
+    write_auth_string,
+)
+from deployments.stack_auth import server_env as auth_server_env
 from deployments.stack_prefect import (
     DEPLOY_TIMEOUT,
     WORK_POOL,
@@ -49,6 +60,7 @@ from deployments.stack_processes import (
     worker_argv,
     worker_env,
 )
+from deployments.stack_results import ResultStorage, ensure_result_storage, results_path
 from deployments.stack_state import (
     STATE_FILE,
     ProcessRecord,
@@ -129,6 +141,8 @@ class UpResult:
     workers: list[ProcessRecord]
     deployments: list[str]
     reused: list[str]
+    # The server's default result storage: every worker's cache (stack_results).
+    result_storage: ResultStorage | None = None
 
 
 
@@ -186,6 +200,9 @@ def up(
     else:
         state = StackState(api_url=api_url_for(host, port), host=host, port=port)
     api_url = state.api_url
+    auth = _auth_string(server_url, reused, directory)
+    if server_url is not None:
+        require_access(server_url, auth)
     # Drop records of processes that are gone (crashed, rebooted).
     state.processes = [p for p in state.processes if is_running(p)]
 
@@ -197,7 +214,7 @@ def up(
             record = spawn(
                 "server",
                 server_argv(host, port),
-                server_env(api_url, directory / "prefect-home"),
+                {**server_env(api_url, directory / "prefect-home"), **auth_server_env(auth)},
                 directory,
             )
             started.append(record)
@@ -209,6 +226,10 @@ def up(
 
         if ensure_work_pool(api_url):
             progress(f"created work pool {WORK_POOL}")
+
+        storage = ensure_result_storage(api_url, paths.home(), auth)
+        if storage.changed:
+            progress(f"result storage of every worker: {storage.slug}")
 
         # Imported here: tasks.services pulls in the service backends.
         from tasks.services import NEO4J_LIMIT, max_servers
@@ -222,7 +243,7 @@ def up(
 
                 repo = os.environ.get("CICD_REPO") or str(default_sample_repo())
             progress(f"deploying {', '.join(deployment_names(project_dir))} ...")
-            deploy(api_url, project_dir, repo, directory / "deploy.log")
+            deploy(api_url, project_dir, repo, directory / "deploy.log", auth)
 
         new_workers: list[ProcessRecord] = []
         for index in range(1, workers + 1):
@@ -234,7 +255,12 @@ def up(
             record = spawn(
                 role,
                 worker_argv(WORK_POOL, worker_name(index)),
-                worker_env(api_url, paths.home()),
+                {
+                    # Where results go should the server's default be cleared.
+                    "PREFECT_LOCAL_STORAGE_PATH": str(results_path(paths.home())),
+                    **worker_env(api_url, paths.home()),
+                    **client_env(auth),
+                },
                 directory,
                 cwd=project_dir,
             )
@@ -259,6 +285,7 @@ def up(
             write_state(state, directory)
         else:
             clear_state(directory)
+            forget_auth_string(directory)
         raise
 
     if state.processes:
@@ -270,7 +297,23 @@ def up(
         workers=state.workers(),
         deployments=names,
         reused=reused,
+        result_storage=storage,
     )
+
+
+def _auth_string(server_url: str | None, reused: list[str], directory: Path) -> str | None:
+    """The API password of this stack (``stack_auth``), written before the server starts."""
+    if server_url is not None:
+        # Someone else's server: the caller's setting, as for any Prefect client.
+        return auth_string_for(server_url)
+    existing = read_auth_string(directory)
+    if "server" in reused and existing:
+        register_secret(existing)
+        return existing
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or new_auth_string()
+    register_secret(auth)
+    write_auth_string(auth, directory)
+    return auth
 
 
 def _stop_records(records: Sequence[ProcessRecord]) -> list[StopResult]:
@@ -314,4 +357,5 @@ def down() -> list[StopResult]:
             results.append(StopResult(f"cancelling runs failed: {exc}", 0, "skipped"))
         results.append(stop_process(server))
     clear_state(directory)
+    forget_auth_string(directory)
     return results

@@ -17,6 +17,7 @@ import yaml
 
 from cicd import command
 from cicd.errors import BadInput, InfrastructureError
+from deployments.stack_auth import auth_string_for, client_env
 from deployments.stack_processes import (
     LOG_TAIL_LINES,
     PREFECT_FILE,
@@ -56,7 +57,8 @@ def deployment_names(project_dir: Path, prefect_file: str = PREFECT_FILE) -> lis
 def _client(api_url: str) -> Iterator[Any]:
     from prefect.client.orchestration import SyncPrefectClient
 
-    with SyncPrefectClient(api_url) as client:
+    # An explicit client reads no settings: it needs the API password given.
+    with SyncPrefectClient(api_url, auth_string=auth_string_for(api_url)) as client:
         yield client
 
 
@@ -117,13 +119,18 @@ def deployed_names(api_url: str) -> list[str]:
 
 
 def deploy(
-    api_url: str, project_dir: Path, repo: str, log: Path, prefect_file: str = PREFECT_FILE
+    api_url: str,
+    project_dir: Path,
+    repo: str,
+    log: Path,
+    auth: str | None = None,
+    prefect_file: str = PREFECT_FILE,
 ) -> None:
     """``prefect --no-prompt deploy --all`` from the project directory."""
     result = command.run(
         deploy_argv(prefect_file),
         cwd=project_dir,
-        env=deploy_env(api_url, project_dir, repo),
+        env={**deploy_env(api_url, project_dir, repo), **client_env(auth)},
         timeout=DEPLOY_TIMEOUT,
         log_path=log,
     )

@@ -7,6 +7,7 @@ checkout (registered for cleanup at once), cicd.yaml, and the environment.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ def open_pipeline(flow: str, repo: str, ref: str) -> Iterator[Opened]:
     killed and its workspace deleted (``cicd.runs.pipeline_run``)."""
     # Prefect ships log records as they are (its Secret block hides a value only
     # in its repr): every secret registered in cicd.masking is masked from here on.
+    masking.register_credentials(os.environ)
     masking.install_filter()
     with pipeline_run(flow) as run:
         checkout = checkout_task(repo, ref)

@@ -175,6 +175,11 @@ def submit(job: Job, run: PipelineRun, workspace: Path) -> JobFuture:
         "retry_condition_fn": retry_on_infrastructure,
     }
     if key is not None:
+        # No result_storage of its own: a job's result goes to the default result
+        # storage, which every worker resolves the same way (a settings block, else
+        # the server's default that `cicd up` sets, else PREFECT_LOCAL_STORAGE_PATH;
+        # deployments/stack_results.py), so a pass cached on one worker is found
+        # by all. A per-task storage here would bypass that one switch.
         options.update(
             cache_key_fn=lambda _context, _parameters: key,
             persist_result=True,

@@ -14,6 +14,7 @@ from tasks.llm.budget import BudgetExceeded, check_budget
 from tasks.llm.calls import CallRecord
 from tasks.llm.costs import CostStore, default_url
 from tasks.llm.fake_upstream import FakeUpstream
+from tests.postgres_fixture import PostgresServer, postgres_fixture  # noqa: F401 - fixture
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
@@ -186,3 +187,56 @@ def test_gateway_calls_land_in_the_store_with_the_same_totals(store: CostStore) 
     assert row.total_usd == pytest.approx(spent, rel=1e-12)
     assert spent > 0
     assert store.calls_for("g1") == calls
+
+
+# ------------------------------------------------------------ PostgreSQL
+
+
+def test_postgres_urls_open_with_psycopg_3_and_async_drivers_are_refused() -> None:
+    from tasks.llm.costs import engine_url
+
+    assert engine_url("postgresql://u:p@db/costs") == "postgresql+psycopg://u:p@db/costs"
+    assert engine_url("postgres://u:p@db/costs") == "postgresql+psycopg://u:p@db/costs"
+    assert engine_url("postgresql+psycopg://u:p@db/c") == "postgresql+psycopg://u:p@db/c"
+    assert engine_url("sqlite:///x.db") == "sqlite:///x.db"
+    # Prefect's own database URL, copied by hand: a clear error, not a crash
+    # inside SQLAlchemy at the first query.
+    with pytest.raises(ConfigError) as info:
+        CostStore("postgresql+asyncpg://prefect:hunter2secret@db/prefect")
+    message = str(info.value)
+    assert "asynchronous driver" in message and "use postgresql://" in message
+    assert "hunter2secret" not in message
+
+
+@pytest.mark.postgres
+def test_the_cost_store_on_a_real_postgresql(postgres: PostgresServer) -> None:
+    url = postgres.create_database("costs_round_trip")
+    assert url.startswith("postgresql://")  # as an operator writes it
+
+    store = CostStore(url)
+    store.record_run("run-pg", flow="nightly", repo="r", ref="main", started_at=T0)
+    row = store.record_calls("run-pg", [call(1, 0.25), call(2, 0.5, would_cost=True)])
+    assert (row.total_usd, row.would_cost_usd, row.calls) == (0.25, 0.5, 2)
+    store.close()
+
+    # Another store (another worker) on the same database sees the same rows.
+    again = CostStore(url)
+    stored = again.calls_for("run-pg")
+    assert [c.cost_usd for c in stored] == [0.25, 0.5]
+    assert stored[0].timestamp == T0 + timedelta(minutes=1)
+    window = again.calls_between(T0, T0 + timedelta(minutes=2))
+    assert [(s.run_id, s.flow) for s in window] == [("run-pg", "nightly")]
+    assert again.engine.dialect.driver == "psycopg"
+    again.close()
+
+
+@pytest.mark.postgres
+def test_an_unreachable_postgresql_is_an_infrastructure_error_without_its_password(
+    postgres: PostgresServer,
+) -> None:
+    from cicd.errors import InfrastructureError
+
+    wrong = postgres.url("costs_round_trip").replace(postgres.password, "wrong-hunter2")
+    with pytest.raises(InfrastructureError) as info:
+        CostStore(wrong)
+    assert "wrong-hunter2" not in str(info.value)

@@ -89,7 +89,10 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.5)
 def api(url: str) -> Iterator[Any]:
     from prefect.client.orchestration import SyncPrefectClient
 
-    with SyncPrefectClient(url) as client:
+    from deployments.stack_auth import auth_string_for
+
+    # The stack's API password (deployments/stack_auth.py), as the CLI finds it.
+    with SyncPrefectClient(url, auth_string=auth_string_for(url)) as client:
         yield client
 
 
@@ -161,6 +164,35 @@ def test_compose_file_has_the_production_shape() -> None:
     hook = build_parser().parse_args(services["webhook"]["command"][1:])
     assert hook.command == "webhook" and hook.secret_env == "CICD_WEBHOOK_SECRET"
 
+    # One API password: the server checks what every client sends.
+    clients = [worker, services["register"], services["webhook"]]
+    sent = {c["environment"]["PREFECT_API_AUTH_STRING"] for c in clients}
+    assert len(sent) == 1 and "${PREFECT_API_AUTH_STRING:?" in sent.pop()
+    checked = server["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert checked == worker["environment"]["PREFECT_API_AUTH_STRING"]
+    # The same Prefect on the server as in the workers.
+    import prefect
+
+    assert server["image"].startswith(f"prefecthq/prefect:{prefect.__version__}-")
+    # Results of every worker on the volume they all mount, under their CICD_HOME.
+    environment = worker["environment"]
+    results = environment["PREFECT_LOCAL_STORAGE_PATH"]
+    assert results == f"{environment['CICD_HOME']}/results"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in worker["volumes"]}
+    assert mounts[environment["CICD_HOME"]] == "cicd-cache"
+    assert "CICD_RESULT_STORAGE_BLOCK" in services["register"]["environment"]
+    # The cost store on the compose PostgreSQL, in a database its init script creates.
+    from tasks.llm.costs import engine_url
+
+    costs = environment["CICD_COST_DB_URL"]
+    assert costs.startswith("postgresql://") and "@postgres:5432/" in costs
+    assert engine_url(costs).startswith("postgresql+psycopg://")
+    database = costs.rsplit("/", 1)[1]
+    postgres = services["postgres"]
+    (init,) = postgres["configs"]
+    assert init["target"].startswith("/docker-entrypoint-initdb.d/")
+    assert f"CREATE DATABASE {database} " in compose["configs"][init["source"]]["content"]
+
     # The inline Dockerfile copies only what exists in this checkout.
     dockerfile = services["worker"]["build"]["dockerfile_inline"]
     for line in dockerfile.splitlines():
@@ -204,6 +236,7 @@ class Stack:
     port: int
     env: dict[str, str]
     home: Path
+    up_output: str = ""
 
     @property
     def state_dir(self) -> Path:
@@ -216,8 +249,16 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {p["role"]: p["pid"] for p in self.state()["processes"]}
 
+    def auth_string(self) -> str:
+        return (self.state_dir / "api-auth").read_text().strip()
+
     def cli_env(self) -> dict[str, str]:
-        return {**self.env, "PREFECT_API_URL": self.api_url}
+        # The prefect CLI reads no state of ours: it needs the API password given.
+        return {
+            **self.env,
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_API_AUTH_STRING": self.auth_string(),
+        }
 
 
 def stack_env(home: Path) -> dict[str, str]:
@@ -240,7 +281,13 @@ def stack(sample_repos: dict[str, Path]) -> Iterator[Stack]:
     result = cli("up", "--port", str(port), "--repo", str(sample_repos["agentkit"]), env=env)
     try:
         assert result.returncode == 0, result.stdout + result.stderr
-        yield Stack(api_url=f"http://127.0.0.1:{port}/api", port=port, env=env, home=home)
+        yield Stack(
+            api_url=f"http://127.0.0.1:{port}/api",
+            port=port,
+            env=env,
+            home=home,
+            up_output=result.stdout + result.stderr,
+        )
     finally:
         cli("down", env=env, timeout=120)
         if state_file.exists():  # `down` failed: stop what is recorded, by pid
@@ -310,6 +357,67 @@ def test_cicd_up_registers_pool_deployments_schedules_and_worker(stack: Stack) -
         start = start.astimezone(UTC)
         assert (start.hour, start.minute) == (2, 0)
         assert first.parameters["repo"] == nightly.parameters["repo"]
+
+
+CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
+
+
+@pytest.mark.slow
+def test_the_stack_api_needs_its_password_and_the_cli_and_workers_have_it(stack: Stack) -> None:
+    auth = stack.state_dir / "api-auth"
+    assert auth.stat().st_mode & 0o777 == 0o600
+    password = stack.auth_string()
+    user, _, secret = password.partition(":")
+    assert user == "cicd" and len(secret) >= 24
+    assert secret not in stack.up_output and str(auth) in stack.up_output
+
+    # Health stays open (probes); everything else needs the password.
+    assert httpx.get(f"{stack.api_url}/health", timeout=10).status_code == 200
+    filter_flows = f"{stack.api_url}/flows/filter"
+    assert httpx.post(filter_flows, json={}, timeout=10).status_code == 401
+    wrong = httpx.post(filter_flows, json={}, auth=(user, "not-it"), timeout=10)
+    assert wrong.status_code == 401
+    assert httpx.post(filter_flows, json={}, auth=(user, secret), timeout=10).status_code == 200
+
+    # The worker authenticates (it is online, it heartbeats through the API) ...
+    from prefect.client.schemas.objects import WorkerStatus
+
+    with api(stack.api_url) as client:
+        workers = client.read_workers_for_work_pool("cicd-process")
+        assert [w.status for w in workers] == [WorkerStatus.ONLINE]
+    # ... and so does the CLI, from the stack's state alone (no PREFECT_API_URL, no
+    # PREFECT_API_AUTH_STRING): the run reaches the flow, which finds no such repo.
+    own = {k: v for k, v in stack.env.items() if k not in ("PREFECT_API_URL", CLIENT_AUTH)}
+    argv = ["run", "pr-validation", "--repo", "/nonexistent/repo", "--ref", "main", "--json"]
+    listed = cli(*argv, env=own)
+    assert listed.returncode == 2, listed.stdout + listed.stderr[-2000:]
+    assert "Unauthorized" not in listed.stdout + listed.stderr
+    assert "does not exist" in listed.stderr, listed.stderr[-2000:]
+    assert secret not in listed.stdout + listed.stderr
+    # The prefect CLI without it is refused.
+    refused = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "ls"],
+        env={**own, "PREFECT_API_URL": stack.api_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode != 0 and "401 Unauthorized" in refused.stdout + refused.stderr
+
+
+@pytest.mark.slow
+def test_cicd_up_makes_one_result_storage_the_default_of_every_worker(stack: Stack) -> None:
+    from prefect.filesystems import LocalFileSystem
+
+    with api(stack.api_url) as client:
+        default = client.read_server_default_result_storage().default_result_storage_block_id
+        assert default is not None
+        document = client.read_block_document(default)
+    assert document.name == "cicd-results"
+    assert document.block_type is not None and document.block_type.slug == "local-file-system"
+    assert LocalFileSystem(**document.data).basepath == str(stack.home / "results")
+    assert "result storage  local-file-system/cicd-results" in stack.up_output
 
 
 @pytest.mark.slow
@@ -569,6 +677,7 @@ def test_up_again_reuses_the_stack_and_down_stops_every_process(
         assert not pid_alive(pid), f"pid {pid} survived cicd down"
     assert list(stack.state_dir.glob("*.pid")) == []
     assert not (stack.state_dir / "state.json").exists()
+    assert not (stack.state_dir / "api-auth").exists()
     assert not local_server.api_healthy(stack.api_url)
     # The run is not left "Running" in the server's database.
     with sqlite3.connect(stack.state_dir / "prefect-home" / "prefect.db") as db:

@@ -28,6 +28,13 @@ DEFAULTS = {
 }
 
 
+_RESULT_STORAGE_SETTINGS = (
+    "PREFECT_LOCAL_STORAGE_PATH",
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH",
+    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
+)
+
+
 def apply_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set every default the user has not set; return what was set."""
     env = os.environ if environ is None else environ
@@ -45,4 +52,24 @@ def apply_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str,
         if url:
             env["PREFECT_API_URL"] = url
             applied["PREFECT_API_URL"] = url
+    if env.get("PREFECT_API_URL") and not env.get("PREFECT_API_AUTH_STRING"):
+        # The API password of the stack `cicd up` started (deployments/stack_auth.py);
+        # not in `applied`: it is a secret and is never shown.
+        from deployments.stack_auth import auth_string_for
+
+        auth = auth_string_for(env["PREFECT_API_URL"], env)
+        if auth:
+            env["PREFECT_API_AUTH_STRING"] = auth
+    elif env.get("PREFECT_API_AUTH_STRING"):
+        from deployments.stack_auth import register_secret
+
+        register_secret(env["PREFECT_API_AUTH_STRING"])
+    if not any(name in env for name in _RESULT_STORAGE_SETTINGS):
+        # One cache per CICD_HOME, not per PREFECT_HOME: runs on one host share
+        # it (deployments/stack_results.py; a server default set by `cicd up`
+        # comes before this path).
+        from cicd import paths
+
+        env["PREFECT_LOCAL_STORAGE_PATH"] = str(paths.home() / "results")
+        applied["PREFECT_LOCAL_STORAGE_PATH"] = env["PREFECT_LOCAL_STORAGE_PATH"]
     return applied

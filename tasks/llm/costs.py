@@ -1,8 +1,9 @@
 """The cost store: every pipeline run's LLM calls and totals, in one database.
 
 SQLAlchemy 2.0 Core over SQLite at ``$CICD_HOME/costs.db`` by default, or
-any SQLAlchemy URL in ``CICD_COST_DB_URL`` (a shared Postgres when several
-workers must feed one weekly report). Two tables:
+any SQLAlchemy URL in ``CICD_COST_DB_URL`` (a shared PostgreSQL when several
+workers must feed one weekly report: ``postgresql://user:password@host/db``,
+opened with psycopg 3, see ``engine_url``). Two tables:
 
 * ``llm_runs``: one row per pipeline run (flow, repo, ref, started_at,
   status, budget) with its totals, kept in step with its calls;
@@ -48,7 +49,15 @@ from cicd.errors import BadInput, ConfigError, InfrastructureError
 from tasks.llm.budget import BudgetExceeded, check_budget
 from tasks.llm.calls import CallRecord, as_utc
 
-__all__ = ["BudgetExceeded", "CostStore", "RunRow", "StoredCall", "check_budget", "default_url"]
+__all__ = [
+    "BudgetExceeded",
+    "CostStore",
+    "RunRow",
+    "StoredCall",
+    "check_budget",
+    "default_url",
+    "engine_url",
+]
 
 URL_ENV = "CICD_COST_DB_URL"
 
@@ -131,6 +140,35 @@ def default_url() -> str:
     return f"sqlite:///{paths.home() / 'costs.db'}"
 
 
+# The sync drivers SQLAlchemy would pick for a bare scheme are not ours: for
+# ``postgresql://`` it loads psycopg2, which is not a dependency; psycopg 3 is
+# (pyproject.toml). So a bare PostgreSQL URL names psycopg 3 explicitly
+# (https://docs.sqlalchemy.org/en/20/dialects/postgresql.html#module-sqlalchemy.dialects.postgresql.psycopg).
+# ``postgres://`` is the spelling of Heroku-style URLs, which SQLAlchemy rejects.
+_SYNC_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# The store is synchronous: an async driver (Prefect's own database URL is
+# ``postgresql+asyncpg://``) would fail on first use deep inside SQLAlchemy.
+_ASYNC_DRIVERS = ("+asyncpg", "+aiosqlite", "+aiomysql", "+asyncmy", "+psycopg_async")
+
+
+def engine_url(url: str) -> str:
+    """The URL the store's (synchronous) engine opens for a configured ``url``.
+
+    Raises ``ValueError`` naming the fix for an async driver.
+    """
+    scheme = url.split("://", 1)[0].lower()
+    if any(scheme.endswith(driver) for driver in _ASYNC_DRIVERS):
+        sync = "postgresql://" if scheme.startswith("postgres") else "a synchronous driver"
+        raise ValueError(
+            f"{scheme}:// is an asynchronous driver and the cost store is synchronous; "
+            f"use {sync} (psycopg 3) for the same database"
+        )
+    for bare in _SYNC_POSTGRES_SCHEMES:
+        if url.lower().startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare) :]
+    return url
+
+
 def _safe_url(url: str) -> str:
     """The URL without the password a database URL may carry."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
@@ -172,7 +210,7 @@ class CostStore:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
         try:
-            self.engine: Engine = create_engine(self.url)
+            self.engine: Engine = create_engine(engine_url(self.url))
         except (ArgumentError, ImportError, ValueError) as exc:
             source = URL_ENV if url is None else "cost store URL"
             problem = f"not a usable SQLAlchemy URL {_safe_url(self.url)!r} ({_safe_url(str(exc))})"
@@ -181,7 +219,8 @@ class CostStore:
             metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise InfrastructureError(
-                f"cannot open the cost store {self.engine.url.render_as_string()}: {exc}"
+                f"cannot open the cost store {self.engine.url.render_as_string()}: "
+                f"{_safe_url(str(exc))}"
             ) from None
 
     def close(self) -> None:

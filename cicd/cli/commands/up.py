@@ -64,8 +64,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"worker          pool {local_server.WORK_POOL}  pid {worker.pid}")
     for name in result.deployments:
         print(f"deployment      {name}")
+    if result.result_storage is not None:
+        print(f"result storage  {result.result_storage.slug}  (the cache of every worker)")
     print(f"state and logs  {directory}")
     print(f"UI              {result.ui_url}")
+    auth = directory / "api-auth"
+    if result.server is not None and auth.is_file():
+        # The path, never the value: stdout ends up in CI logs.
+        print(f"API password    in {auth} (the UI asks for it; cicd reads it itself)")
     print(f"\nexport PREFECT_API_URL={result.api_url}  # for the prefect CLI")
+    if result.server is not None and auth.is_file():
+        print(f'export PREFECT_API_AUTH_STRING="$(cat {auth})"')
     print("stop it all with: cicd down")
     return 0
