@@ -1,0 +1,382 @@
+"""Commit statuses on the git host: the plugins against local APIs that check
+every request against GitHub's published OpenAPI description (GitLab: its
+documented fields), then the PR pipeline end to end on a green commit, a red
+one, a docs-only one and with an expired token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cicd.config import StatusesConfig, parse_config
+from cicd.errors import BadInput, ConfigError
+from cicd.results import JobResult, JobState, PipelineReport, TestCounts
+from tasks.commit_statuses import CommitStatuses
+from tasks.git_hosts.addresses import parse_remote
+from tasks.git_hosts.all_git_hosts import target
+from tasks.git_hosts.base import CommitStatus, GitHostError, StatusState
+from tasks.git_hosts.github import GitHubHost
+from tasks.git_hosts.gitlab import GitLabHost
+from tests.conftest import BIN, free_port
+from tests.git_host_receiver import ApiReceiver, github_api, gitlab_api
+from tests.sample_repos import FAILING_TEST, commit_on_branch
+
+TOKEN = "ghp_statusTOKEN_DO_NOT_LEAK_0042"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+CREATE_STATUS = "repos/create-commit-status"
+
+
+def statuses(receiver: ApiReceiver) -> list[tuple[str, str, str]]:
+    return [(b["context"], b["state"], b["description"]) for b in receiver.bodies(CREATE_STATUS)]
+
+
+# --- the plugins -------------------------------------------------------------
+
+
+def test_github_statuses_follow_the_openapi_description() -> None:
+    with github_api(TOKEN) as api:
+        host = GitHubHost(api.url, "acme/agentkit", TOKEN)
+        for state in StatusState:
+            host.post(SHA, CommitStatus("cicd/pr-validation/unit", state, "x" * 300, "http://ui/r"))
+
+    assert api.problems == []
+    assert [r["path"] for r in api.requests] == [f"/api/v3/repos/acme/agentkit/statuses/{SHA}"] * 4
+    assert [body["state"] for body in api.bodies(CREATE_STATUS)] == [
+        "pending",
+        "success",
+        "failure",
+        "error",
+    ]
+    # GitHub refuses descriptions over 140 characters.
+    assert all(len(body["description"]) == 140 for body in api.bodies(CREATE_STATUS))
+    assert api.requests[0]["json"]["target_url"] == "http://ui/r"
+
+
+def test_github_check_runs_are_created_then_completed() -> None:
+    with github_api(TOKEN) as api:
+        host = GitHubHost(api.url, "acme/agentkit", TOKEN, check_runs=True)
+        host.post(SHA, CommitStatus("cicd/pr-validation/unit", StatusState.PENDING, "running"))
+        host.post(SHA, CommitStatus("cicd/pr-validation/unit", StatusState.ERROR, "errored: x"))
+
+    assert api.problems == []
+    created, completed = api.requests
+    assert created["operation"] == "checks/create" and created["json"]["status"] == "in_progress"
+    assert created["json"]["head_sha"] == SHA
+    assert completed["operation"] == "checks/update"
+    assert completed["path"].endswith("/check-runs/1000")  # the id GitHub answered
+    assert (completed["json"]["status"], completed["json"]["conclusion"]) == (
+        "completed",
+        "failure",
+    )
+
+
+def test_gitlab_statuses_follow_the_documented_fields() -> None:
+    with gitlab_api(TOKEN) as api:
+        host = GitLabHost(api.url, "group/sub/agentkit", TOKEN)
+        for state in StatusState:
+            host.post(SHA, CommitStatus("cicd/pr-validation", state, "d", "http://ui/r"))
+        host.close()
+
+    assert api.problems == []
+    assert {r["path"] for r in api.requests} == {
+        f"/api/v4/projects/group%2Fsub%2Fagentkit/statuses/{SHA}"
+    }
+    states = [r["json"]["state"] for r in api.requests]
+    assert states == ["running", "success", "failed", "failed"]
+    assert all(r["headers"]["private-token"] == TOKEN for r in api.requests)
+
+
+def test_a_failed_post_names_the_host_and_the_status_code() -> None:
+    status = CommitStatus("cicd/pr-validation", StatusState.SUCCESS, "ok")
+    with github_api(TOKEN) as api:
+        host = api.url.removeprefix("http://").removesuffix("/api/v3")
+        with pytest.raises(GitHostError, match=rf"GitHub at {host} answered HTTP 401.*Bad cred"):
+            GitHubHost(api.url, "acme/agentkit", "expired-token").post(SHA, status)
+        api.fail_with = 503
+        with pytest.raises(GitHostError, match="HTTP 503") as unavailable:
+            GitHubHost(api.url, "acme/agentkit", TOKEN).post(SHA, status)
+    assert unavailable.value.status_code == 503
+    closed = f"http://127.0.0.1:{free_port()}/api/v4"
+    with pytest.raises(GitHostError, match=r"GitLab at 127\.0\.0\.1:\d+ could not be reached"):
+        GitLabHost(closed, "group/agentkit", TOKEN).post(SHA, status)
+
+
+# --- the run's statuses ----------------------------------------------------------
+
+
+def report(*jobs: JobResult) -> PipelineReport:
+    return PipelineReport("pr-validation", "repo", "HEAD", SHA, jobs, duration=3.0)
+
+
+def test_every_job_ends_final_and_a_skipped_one_is_a_success_with_its_reason() -> None:
+    skipped = "skipped: only paths no job depends on changed (docs/usage.md; ignore_paths)"
+    with github_api(TOKEN) as api:
+        host = GitHubHost(api.url, "acme/agentkit", TOKEN)
+        run = CommitStatuses(host, SHA, "pr-validation", "ci", "http://ui/run")
+        run.pending(["quality", "unit", "framework", "lost"])
+        run.final(
+            report(
+                JobResult("quality", JobState.SKIPPED, 0.0, reason=skipped),
+                JobResult("unit", JobState.PASSED, 2.5, tests=TestCounts(passed=12)),
+                JobResult("framework", JobState.ERRORED, 1.0, reason="internal error: boom"),
+            )
+        )
+
+    assert api.problems == []
+    assert statuses(api) == [
+        ("ci/pr-validation", "pending", "pr-validation running"),
+        ("ci/pr-validation/quality", "pending", "quality running"),
+        ("ci/pr-validation/unit", "pending", "unit running"),
+        ("ci/pr-validation/framework", "pending", "framework running"),
+        ("ci/pr-validation/lost", "pending", "lost running"),
+        ("ci/pr-validation/quality", "success", skipped),
+        ("ci/pr-validation/unit", "success", "12 tests passed, passed in 2.5 s"),
+        ("ci/pr-validation/framework", "error", "errored: internal error: boom"),
+        # Pending without a result: never left pending.
+        ("ci/pr-validation/lost", "error", "no result: the run ended before this job"),
+        ("ci/pr-validation", "error", "framework errored"),
+    ]
+    assert {b["target_url"] for b in api.bodies(CREATE_STATUS)} == {"http://ui/run"}
+    assert run.open_contexts == []
+
+
+def test_a_refused_token_is_logged_once_per_run_and_stops_the_posts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with github_api(TOKEN) as api:
+        host = GitHubHost(api.url, "acme/agentkit", "expired-token")
+        logger = logging.getLogger("test.statuses")
+        run = CommitStatuses(host, SHA, "pr-validation", logger=lambda: logger)
+        with caplog.at_level(logging.ERROR, logger="test.statuses"):
+            run.pending(["unit"])
+            run.final(report(JobResult("unit", JobState.FAILED, 1.0, reason="1 failed")))
+
+    assert len(api.requests) == 1  # nothing more after the 401
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 2, errors
+    assert "answered HTTP 401" in errors[0] and "Bad credentials" in errors[0]
+    assert "refused the token (HTTP 401)" in errors[1]
+    assert "statuses.token_block" in errors[1]
+
+
+# --- configuration -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statuses_yaml", "message"),
+    [
+        ("{provider: bitbucket, token_block: t}", "field 'statuses.provider'"),
+        ("{provider: github}", "field 'statuses.token_block': Field required"),
+        ("{provider: github, token_block: My_Token}", "field 'statuses.token_block'"),
+        ("{provider: gitlab, token_block: t, check_runs: true}", "field 'statuses.check_runs'"),
+        ("{provider: github, token_block: t, repository: 'a/../b c'}", "'statuses.repository'"),
+        ("{provider: github, token_block: t, api_url: 'ftp://x'}", "field 'statuses.api_url'"),
+        ("{provider: github, token_block: t, context_prefix: 'a b'}", "'statuses.context_prefix'"),
+        ("{provider: github, token_block: t, colour: red}", "'statuses.colour': unknown field"),
+    ],
+)
+def test_bad_statuses_config_names_the_field(statuses_yaml: str, message: str) -> None:
+    text = f"version: 1\ntests: {{unit: {{}}}}\nstatuses: {statuses_yaml}\n"
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text)
+
+
+def test_owner_and_api_are_derived_from_the_address() -> None:
+    github = StatusesConfig(provider="github", token_block="t")
+    assert target(github, "https://github.com/acme/agentkit.git") == (
+        "https://api.github.com",
+        "acme/agentkit",
+    )
+    assert target(github, "git@ghe.example.com:acme/agentkit.git") == (
+        "https://ghe.example.com/api/v3",
+        "acme/agentkit",
+    )
+    gitlab = StatusesConfig(provider="gitlab", token_block="t")
+    assert target(gitlab, "ssh://git@gitlab.example.com:2222/group/sub/agentkit.git") == (
+        "https://gitlab.example.com/api/v4",
+        "group/sub/agentkit",
+    )
+    assert parse_remote("/srv/repos/agentkit") is None
+    with pytest.raises(BadInput, match=r"statuses\.repository"):
+        target(github, "/srv/repos/agentkit")
+    with pytest.raises(BadInput, match="GitHub expects 'owner/name'"):
+        target(github, "https://github.com/group/sub/agentkit")
+
+
+# --- the PR pipeline end to end ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def github(prefect_server: str) -> Iterator[ApiReceiver]:
+    """One API for the module, so cicd.yaml (which names its port) and with it
+    the jobs' cache keys stay the same across the runs."""
+    from prefect.blocks.system import Secret
+
+    Secret(value=TOKEN).save("status-token", overwrite=True)
+    with github_api(TOKEN) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def repo(github: ApiReceiver, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample with quality (ruff) and unit tests only, and statuses: a green
+    branch, a red one, and a docs-only change on top of the green one."""
+    from cicd.sample import create_sample_repo
+
+    repo = create_sample_repo(tmp_path_factory.mktemp("statuses") / "agentkit")
+    with commit_on_branch(repo, "status-green", "ci: statuses"):
+        config = yaml.safe_load((repo / "cicd.yaml").read_text())
+        config = {
+            "version": 1,
+            "environment": config["environment"],
+            "quality": {"ruff": {"paths": ["src", "tests"]}},
+            "tests": {"unit": {"paths": ["tests/unit"]}},
+            "ignore_paths": ["docs/**", "*.md"],
+            "statuses": {
+                "provider": "github",
+                "repository": "acme/agentkit",
+                "api_url": github.url,
+                "token_block": "status-token",
+            },
+        }
+        (repo / "cicd.yaml").write_text(yaml.safe_dump(config))
+    with commit_on_branch(repo, "status-red", "test: capitals", base="status-green"):
+        (repo / "tests" / "unit" / "test_capitals.py").write_text(FAILING_TEST)
+    with commit_on_branch(repo, "status-docs", "docs: more", base="status-green"):
+        (repo / "docs" / "usage.md").write_text("More examples soon.\n")
+    return repo
+
+
+def flow_run(repo: Path, ref: str, **params: Any) -> Any:
+    from cicd.results import PipelineFailed
+    from flows.pr_validation import pr_validation
+
+    try:
+        return pr_validation(repo=str(repo), ref=ref, **params)
+    except PipelineFailed as failed:
+        return failed.report.to_json()
+
+
+def run_statuses(api: ApiReceiver, since: int) -> list[tuple[str, str, str]]:
+    return [
+        (r["json"]["context"], r["json"]["state"], r["json"]["description"])
+        for r in api.requests[since:]
+    ]
+
+
+@pytest.mark.slow
+def test_green_commit_is_pending_then_success_per_job(repo: Path, github: ApiReceiver) -> None:
+    since = len(github.requests)
+    outcome = flow_run(repo, "status-green")
+
+    assert outcome["state"] == "passed"
+    seen = run_statuses(github, since)
+    assert github.problems == []
+    assert [(c, s) for c, s, _ in seen] == [
+        ("cicd/pr-validation", "pending"),
+        ("cicd/pr-validation/quality", "pending"),
+        ("cicd/pr-validation/unit", "pending"),
+        ("cicd/pr-validation/quality", "success"),
+        ("cicd/pr-validation/unit", "success"),
+        ("cicd/pr-validation", "success"),
+    ]
+    assert all(r["path"].endswith(f"/statuses/{outcome['commit']}") for r in github.requests)
+    # Each links to the flow run's page in the Prefect UI.
+    urls = {r["json"]["target_url"] for r in github.requests[since:]}
+    assert len(urls) == 1 and "/flow-runs/flow-run/" in urls.pop()
+
+
+@pytest.mark.slow
+def test_red_commit_fails_only_the_failing_job(repo: Path, github: ApiReceiver) -> None:
+    since = len(github.requests)
+    outcome = flow_run(repo, "status-red")
+
+    assert outcome["state"] == "failed"
+    final = {c: (s, d) for c, s, d in run_statuses(github, since) if s != "pending"}
+    assert github.problems == []
+    assert final["cicd/pr-validation/quality"][0] == "success"
+    assert final["cicd/pr-validation/unit"][0] == "failure"
+    assert final["cicd/pr-validation"] == ("failure", "unit failed")
+
+
+@pytest.mark.slow
+def test_docs_only_change_reports_its_skipped_jobs_as_success(
+    repo: Path, github: ApiReceiver
+) -> None:
+    flow_run(repo, "status-green")  # its passes are what the skip relies on
+    since = len(github.requests)
+    outcome = flow_run(repo, "status-docs", base="status-green")
+
+    assert {job["state"] for job in outcome["jobs"]} == {"skipped"}
+    final = {c: (s, d) for c, s, d in run_statuses(github, since) if s != "pending"}
+    assert github.problems == []
+    for job in ("quality", "unit"):
+        state, description = final[f"cicd/pr-validation/{job}"]
+        assert state == "success"
+        assert description.startswith("skipped: only paths no job depends on changed (docs/")
+    assert final["cicd/pr-validation"][0] == "success"
+    assert "pending" not in {s for c, s, _ in run_statuses(github, since) if c.endswith("/unit")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("ref", "exit_code", "state"), [("status-green", 0, "passed"), ("status-red", 1, "failed")]
+)
+def test_an_expired_token_is_a_clear_error_and_changes_no_verdict(
+    repo: Path, github: ApiReceiver, ref: str, exit_code: int, state: str
+) -> None:
+    import subprocess
+
+    github.token = "ghp_the_new_one_nobody_configured"  # the stored token has expired
+    try:
+        result = subprocess.run(
+            [
+                str(BIN / "cicd"),
+                "run",
+                "pr-validation",
+                "--repo",
+                str(repo),
+                "--ref",
+                ref,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    finally:
+        github.token = TOKEN
+
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert json.loads(result.stdout)["state"] == state
+    host = github.url.removeprefix("http://").removesuffix("/api/v3")
+    assert f"GitHub at {host} answered HTTP 401" in result.stderr
+    assert "Bad credentials" in result.stderr
+    # Neither the old token nor anything of it in the output, the run's files
+    # or the logs the Prefect server keeps.
+    assert TOKEN not in result.stdout + result.stderr
+    runs = Path(os.environ["CICD_HOME"]) / "runs"
+    leaked = [p for p in runs.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []
+    assert not [line for line in server_logs() if TOKEN in line]
+
+
+def server_logs() -> list[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            return [log.message for log in await client.read_logs(limit=200)]
+
+    return asyncio.run(read())
