@@ -105,7 +105,8 @@ class CommitStatuses:
                 self.refused = True
                 self.logger().error(
                     "commit statuses of this run are not posted: %s refused the token "
-                    "(HTTP %s); renew the Secret block named in statuses.token_block",
+                    "(HTTP %s); renew it, or let it write commit statuses, in the Prefect "
+                    "Secret block named by statuses.token_block",
                     exc.host,
                     exc.status_code,
                 )

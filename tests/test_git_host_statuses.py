@@ -380,3 +380,12 @@ def server_logs() -> list[str]:
             return [log.message for log in await client.read_logs(limit=200)]
 
     return asyncio.run(read())
+
+
+@pytest.mark.slow
+def test_a_fork_posts_no_status(repo: Path, github: ApiReceiver) -> None:
+    since = len(github.requests)
+    outcome = flow_run(repo, "status-green", untrusted=True)
+
+    assert outcome["state"] == "passed"
+    assert github.requests[since:] == []
