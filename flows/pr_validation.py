@@ -110,7 +110,8 @@ def pr_validation(
                     *quality_jobs(config.quality, env, source, checkout.path),
                     *suite_jobs(config, suites, env, source, llm.env),
                 ]
-            results = collect(submit_all(jobs, run, checkout.path))
+            # each job's status on the git host as soon as it ends
+            results = collect(opened.statuses.follow(submit_all(jobs, run, checkout.path)))
         if llm is not None:
             passed = all(result.state.ok for result in results)
             results += (run_job(LlmBudgetJob(llm, passed), run, checkout.path),)

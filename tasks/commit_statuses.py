@@ -16,9 +16,11 @@ HTTP status and the pipeline's verdict stays what its jobs made it. After a
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, cast
 
 from cicd import masking
@@ -28,6 +30,7 @@ from cicd.git import Checkout
 from cicd.results import JobResult, JobState, PipelineReport
 from tasks.git_hosts.all_git_hosts import git_host
 from tasks.git_hosts.base import CommitStatus, GitHost, GitHostError, StatusState
+from tasks.job_runner import JobFuture, job_result
 
 # HTTP answers after which no further status of the run is tried.
 REFUSED: Final = frozenset({401, 403})
@@ -87,22 +90,40 @@ class CommitStatuses:
     logger: Callable[[], Logger] = run_logger
     # Contexts posted pending and not yet final.
     open_contexts: list[str] = field(default_factory=list)
+    # What was posted last per context: a job's end is posted once, as it ends.
+    posted: dict[str, tuple[StatusState, str]] = field(default_factory=dict)
     refused: bool = False
+    # Jobs end in the task runner's threads.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def context(self, job: str | None = None) -> str:
         base = f"{self.prefix}/{self.flow}"
         return base if job is None else f"{base}/{job}"
 
     def post(self, context: str, state: StatusState, description: str) -> None:
-        if self.host is None or self.refused:
-            return
-        status = CommitStatus(context, state, masking.mask(description), self.target_url)
+        description = masking.mask(description)
+        wanted = (state, description)
+        with self.lock:
+            # Claimed before the request: a job's end may be posted from its
+            # task's thread and from final() at once, and goes out once.
+            before = self.posted.get(context)
+            if self.host is None or self.refused or before == wanted:
+                return
+            self.posted[context] = wanted
         try:
-            self.host.post(self.commit, status)
+            self.host.post(self.commit, CommitStatus(context, state, description, self.target_url))
         except GitHostError as exc:
+            with self.lock:
+                # Not posted after all: a later call may try again.
+                if self.posted.get(context) == wanted and before is None:
+                    del self.posted[context]
+                elif self.posted.get(context) == wanted and before is not None:
+                    self.posted[context] = before
+                first_refusal = exc.status_code in REFUSED and not self.refused
+                if exc.status_code in REFUSED:
+                    self.refused = True
             self.logger().error("commit status not posted: %s", exc)
-            if exc.status_code in REFUSED:
-                self.refused = True
+            if first_refusal:
                 self.logger().error(
                     "commit statuses of this run are not posted: %s refused the token "
                     "(HTTP %s); renew it, or let it write commit statuses, in the Prefect "
@@ -111,11 +132,12 @@ class CommitStatuses:
                     exc.status_code,
                 )
             return
-        if state.final:
-            if context in self.open_contexts:
-                self.open_contexts.remove(context)
-        elif context not in self.open_contexts:
-            self.open_contexts.append(context)
+        with self.lock:
+            if state.final:
+                if context in self.open_contexts:
+                    self.open_contexts.remove(context)
+            elif context not in self.open_contexts:
+                self.open_contexts.append(context)
 
     def pending(self, jobs: Iterable[str] = ()) -> None:
         """The run (once) and each of ``jobs`` pending: they started."""
@@ -124,10 +146,29 @@ class CommitStatuses:
         for job in jobs:
             self.post(self.context(job), StatusState.PENDING, f"{job} running")
 
+    def job_ended(self, result: JobResult) -> None:
+        self.post(self.context(result.name), job_state(result), job_description(result))
+
+    def follow(self, futures: Iterable[tuple[str, JobFuture]]) -> list[tuple[str, JobFuture]]:
+        """``futures`` (``job_runner.submit_all``), each job's status posted as
+        soon as its task ends; the run's waits for :meth:`final`."""
+        followed = list(futures)
+        if self.host is not None:
+            for name, future in followed:
+                future.add_done_callback(partial(self._ended, name))
+        return followed
+
+    def _ended(self, name: str, future: JobFuture) -> None:
+        try:
+            result = job_result(name, future)
+        except Exception:  # e.g. BadInput: the flow raises it, and abandon() reports it
+            return
+        self.job_ended(result)
+
     def final(self, report: PipelineReport) -> None:
         """Each job's end, then the run's; a job left pending without a result errs."""
         for result in report.jobs:
-            self.post(self.context(result.name), job_state(result), job_description(result))
+            self.job_ended(result)  # posted already when it was followed to its end
         ended = {self.context(result.name) for result in report.jobs}
         for context in [c for c in self.open_contexts if c != self.context()]:
             if context not in ended:

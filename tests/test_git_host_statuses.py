@@ -147,6 +147,17 @@ def test_every_job_ends_final_and_a_skipped_one_is_a_success_with_its_reason() -
     assert {b["target_url"] for b in api.bodies(CREATE_STATUS)} == {"http://ui/run"}
     assert run.open_contexts == []
 
+    # A job's end that was posted as it ended is not posted again.
+    with github_api(TOKEN) as api:
+        run = CommitStatuses(GitHubHost(api.url, "acme/agentkit", TOKEN), SHA, "pr-validation")
+        unit = JobResult("unit", JobState.FAILED, 1.0, reason="1 failed")
+        run.job_ended(unit)
+        run.final(report(unit))
+    assert [(c, s) for c, s, _ in statuses(api)] == [
+        ("cicd/pr-validation/unit", "failure"),
+        ("cicd/pr-validation", "failure"),
+    ]
+
 
 def test_a_refused_token_is_logged_once_per_run_and_stops_the_posts(
     caplog: pytest.LogCaptureFixture,
@@ -280,14 +291,18 @@ def test_green_commit_is_pending_then_success_per_job(repo: Path, github: ApiRec
     assert outcome["state"] == "passed"
     seen = run_statuses(github, since)
     assert github.problems == []
-    assert [(c, s) for c, s, _ in seen] == [
+    pairs = [(c, s) for c, s, _ in seen]
+    assert pairs[:3] == [
         ("cicd/pr-validation", "pending"),
         ("cicd/pr-validation/quality", "pending"),
         ("cicd/pr-validation/unit", "pending"),
+    ]
+    # Each job's end once, as it ends (either may end first), then the run's.
+    assert sorted(pairs[3:5]) == [
         ("cicd/pr-validation/quality", "success"),
         ("cicd/pr-validation/unit", "success"),
-        ("cicd/pr-validation", "success"),
     ]
+    assert pairs[5:] == [("cicd/pr-validation", "success")]
     assert all(r["path"].endswith(f"/statuses/{outcome['commit']}") for r in github.requests)
     # Each links to the flow run's page in the Prefect UI.
     urls = {r["json"]["target_url"] for r in github.requests[since:]}
