@@ -111,7 +111,19 @@ class CommitStatuses:
                 return
             self.posted[context] = wanted
         try:
-            self.host.post(self.commit, CommitStatus(context, state, description, self.target_url))
+            try:
+                status = CommitStatus(context, state, description, self.target_url)
+                self.host.post(self.commit, status)
+            except GitHostError:
+                raise
+            except Exception as bug:
+                # Not the host's answer (a bug of ours, a body the client refused):
+                # still no reason to change the verdict.
+                raise GitHostError(
+                    f"{self.host.name} at {self.host.host}: {context} ({state.value}) not "
+                    f"sent: {type(bug).__name__}: {bug}",
+                    self.host.host,
+                ) from bug
         except GitHostError as exc:
             with self.lock:
                 # Not posted after all: a later call may try again.
@@ -230,6 +242,11 @@ def open_statuses(
         host = git_host(config, checkout.repo, load_token(config.token_block))
     except CicdError as exc:
         run_logger().error("commit statuses not posted: %s", exc)
+        return CommitStatuses(None)
+    except Exception as exc:  # the Prefect API did not answer for the block, ...
+        run_logger().error(
+            "commit statuses not posted: %s: %s", type(exc).__name__, masking.mask(str(exc))
+        )
         return CommitStatuses(None)
     return CommitStatuses(host, checkout.commit, flow, config.context_prefix, flow_run_url())
 

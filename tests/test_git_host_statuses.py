@@ -404,3 +404,41 @@ def test_a_fork_posts_no_status(repo: Path, github: ApiReceiver) -> None:
 
     assert outcome["state"] == "passed"
     assert github.requests[since:] == []
+
+
+class BuggyHost:
+    """A plugin with a bug: whatever it raises, the run's verdict stays the jobs'."""
+
+    name = "buggy"
+    host = "buggy.example"
+
+    def post(self, commit: str, status: CommitStatus) -> None:
+        raise RuntimeError("a bug in a plugin")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_plugin_bug_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.statuses")
+    run = CommitStatuses(BuggyHost(), SHA, "pr-validation", logger=lambda: logger)
+    with caplog.at_level(logging.ERROR, logger="test.statuses"):
+        run.pending(["unit"])
+        run.final(report(JobResult("unit", JobState.PASSED, 1.0)))
+    assert len(caplog.records) == 4  # run and unit pending, unit and run final
+    assert "buggy at buggy.example" in caplog.records[0].getMessage()
+    assert "RuntimeError: a bug in a plugin" in caplog.records[0].getMessage()
+
+
+def test_a_missing_token_block_posts_nothing_and_says_which(
+    prefect_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cicd.git import Checkout
+    from tasks.commit_statuses import open_statuses
+
+    config = StatusesConfig(provider="github", token_block="no-such-block", api_url="http://x")
+    checkout = Checkout("https://github.com/acme/agentkit", "main", SHA, Path("."), Path("."))
+    with caplog.at_level(logging.ERROR, logger="cicd.statuses"):
+        run = open_statuses("pr-validation", checkout, config)
+    assert run.host is None
+    assert "Prefect Secret block 'no-such-block' not found" in caplog.text
