@@ -14,15 +14,20 @@ from cicd.config import StatusesConfig
 from cicd.errors import BadInput
 from tasks.git_hosts.addresses import default_api_url, parse_remote
 from tasks.git_hosts.base import GitHost
-from tasks.git_hosts.github import GitHubHost
-from tasks.git_hosts.gitlab import GitLabHost
+
+# Each plugin is imported when a run uses it: githubkit and its models take
+# seconds to import, and every pipeline module imports this registry.
 
 
 def _github(config: StatusesConfig, api_url: str, repository: str, token: str) -> GitHost:
+    from tasks.git_hosts.github import GitHubHost
+
     return GitHubHost(api_url, repository, token, check_runs=config.check_runs)
 
 
 def _gitlab(config: StatusesConfig, api_url: str, repository: str, token: str) -> GitHost:
+    from tasks.git_hosts.gitlab import GitLabHost
+
     return GitLabHost(api_url, repository, token)
 
 
