@@ -442,3 +442,36 @@ def test_a_missing_token_block_posts_nothing_and_says_which(
         run = open_statuses("pr-validation", checkout, config)
     assert run.host is None
     assert "Prefect Secret block 'no-such-block' not found" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_self_managed_gitlab_gets_running_then_failed(repo: Path) -> None:
+    with gitlab_api(TOKEN) as gitlab:
+        with commit_on_branch(repo, "status-gitlab", "ci: gitlab", base="status-red"):
+            config = yaml.safe_load((repo / "cicd.yaml").read_text())
+            config["statuses"] = {
+                "provider": "gitlab",
+                "repository": "group/agentkit",
+                "api_url": gitlab.url,
+                "token_block": "status-token",
+                "context_prefix": "ci",
+            }
+            (repo / "cicd.yaml").write_text(yaml.safe_dump(config))
+        outcome = flow_run(repo, "status-gitlab")
+
+    assert outcome["state"] == "failed"
+    assert gitlab.problems == []
+    seen = [(r["json"]["name"], r["json"]["state"]) for r in gitlab.requests]
+    assert seen[:3] == [
+        ("ci/pr-validation", "running"),
+        ("ci/pr-validation/quality", "running"),
+        ("ci/pr-validation/unit", "running"),
+    ]
+    assert sorted(seen[3:5]) == [
+        ("ci/pr-validation/quality", "success"),
+        ("ci/pr-validation/unit", "failed"),
+    ]
+    assert seen[5:] == [("ci/pr-validation", "failed")]
+    assert {r["path"] for r in gitlab.requests} == {
+        f"/api/v4/projects/group%2Fagentkit/statuses/{outcome['commit']}"
+    }
