@@ -34,6 +34,9 @@ from tasks.job_runner import JobFuture, job_result
 
 # HTTP answers after which no further status of the run is tried.
 REFUSED: Final = frozenset({401, 403})
+# How long the run's final status waits for its jobs' posts still under way
+# (each request has a 10 s timeout).
+SETTLE_SECONDS: Final = 30.0
 
 _fallback_logger = logging.getLogger("cicd.statuses")
 
@@ -94,7 +97,8 @@ class CommitStatuses:
     posted: dict[str, tuple[StatusState, str]] = field(default_factory=dict)
     refused: bool = False
     # Jobs end in the task runner's threads.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    in_flight: int = 0
 
     def context(self, job: str | None = None) -> str:
         base = f"{self.prefix}/{self.flow}"
@@ -110,46 +114,55 @@ class CommitStatuses:
             if self.host is None or self.refused or before == wanted:
                 return
             self.posted[context] = wanted
-        try:
-            try:
-                status = CommitStatus(context, state, description, self.target_url)
-                self.host.post(self.commit, status)
-            except GitHostError:
-                raise
-            except Exception as bug:
-                # Not the host's answer (a bug of ours, a body the client refused):
-                # still no reason to change the verdict.
-                raise GitHostError(
-                    f"{self.host.name} at {self.host.host}: {context} ({state.value}) not "
-                    f"sent: {type(bug).__name__}: {bug}",
-                    self.host.host,
-                ) from bug
-        except GitHostError as exc:
-            with self.lock:
-                # Not posted after all: a later call may try again.
-                if self.posted.get(context) == wanted and before is None:
-                    del self.posted[context]
-                elif self.posted.get(context) == wanted and before is not None:
-                    self.posted[context] = before
-                first_refusal = exc.status_code in REFUSED and not self.refused
-                if exc.status_code in REFUSED:
-                    self.refused = True
-            self.logger().error("commit status not posted: %s", exc)
-            if first_refusal:
-                self.logger().error(
-                    "commit statuses of this run are not posted: %s refused the token "
-                    "(HTTP %s); renew it, or let it write commit statuses, in the Prefect "
-                    "Secret block named by statuses.token_block",
-                    exc.host,
-                    exc.status_code,
-                )
-            return
+            self.in_flight += 1
+        error = self._send(self.host, CommitStatus(context, state, description, self.target_url))
         with self.lock:
-            if state.final:
-                if context in self.open_contexts:
-                    self.open_contexts.remove(context)
-            elif context not in self.open_contexts:
+            self.in_flight -= 1
+            self.lock.notify_all()
+            first_refusal = False
+            if error is None and state.final and context in self.open_contexts:
+                self.open_contexts.remove(context)
+            elif error is None and not state.final and context not in self.open_contexts:
                 self.open_contexts.append(context)
+            elif error is not None:
+                # Not posted after all: a later call may try again.
+                if self.posted.get(context) == wanted:
+                    if before is None:
+                        del self.posted[context]
+                    else:
+                        self.posted[context] = before
+                first_refusal = error.status_code in REFUSED and not self.refused
+                self.refused = self.refused or error.status_code in REFUSED
+        if error is not None:
+            self.logger().error("commit status not posted: %s", error)
+        if error is not None and first_refusal:
+            self.logger().error(
+                "commit statuses of this run are not posted: %s refused the token "
+                "(HTTP %s); renew it, or let it write commit statuses, in the Prefect "
+                "Secret block named by statuses.token_block",
+                error.host,
+                error.status_code,
+            )
+
+    def _send(self, host: GitHost, status: CommitStatus) -> GitHostError | None:
+        try:
+            host.post(self.commit, status)
+        except GitHostError as exc:
+            return exc
+        except Exception as bug:
+            # Not the host's answer (a bug of ours, a body the client refused):
+            # still no reason to change the verdict.
+            return GitHostError(
+                f"{host.name} at {host.host}: {status.context} ({status.state.value}) not "
+                f"sent: {type(bug).__name__}: {bug}",
+                host.host,
+            )
+        return None
+
+    def settled(self) -> None:
+        """Wait (bounded) for the posts under way, e.g. of jobs that just ended."""
+        with self.lock:
+            self.lock.wait_for(lambda: self.in_flight == 0, timeout=SETTLE_SECONDS)
 
     def pending(self, jobs: Iterable[str] = ()) -> None:
         """The run (once) and each of ``jobs`` pending: they started."""
@@ -181,6 +194,7 @@ class CommitStatuses:
         """Each job's end, then the run's; a job left pending without a result errs."""
         for result in report.jobs:
             self.job_ended(result)  # posted already when it was followed to its end
+        self.settled()  # the run's status comes last
         ended = {self.context(result.name) for result in report.jobs}
         for context in [c for c in self.open_contexts if c != self.context()]:
             if context not in ended:
