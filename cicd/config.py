@@ -47,6 +47,7 @@ from cicd.config_schema import (
     QualityConfig,
     ReleaseConfig,
     ServiceConfig,
+    StatusesConfig,
     SuiteConfig,
     ToolConfig,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "QualityConfig",
     "ReleaseConfig",
     "ServiceConfig",
+    "StatusesConfig",
     "SuiteConfig",
     "ToolConfig",
     "detect_defaults",

@@ -362,6 +362,50 @@ class ReleaseConfig(_Model):
     ] = "v"
 
 
+# Where a run's statuses go (README "Statuses on the git host"). The git host's
+# own rules: a GitHub owner/name, a GitLab project id or namespace path
+# (https://docs.gitlab.com/api/rest/#namespaced-paths).
+Repository = Annotated[
+    str,
+    Field(max_length=255),
+    AfterValidator(
+        _matching(
+            r"\d{1,20}|[A-Za-z0-9_.-]{1,100}(/[A-Za-z0-9_.-]{1,100}){1,20}",
+            "'owner/name' (GitHub), a project path 'group/name' or a numeric project id (GitLab)",
+        )
+    ),
+]
+ContextPrefix = Annotated[
+    str,
+    AfterValidator(_matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", "a prefix such as 'cicd'")),
+]
+
+
+class StatusesConfig(_Model):
+    """Commit statuses back to the git host, per job and for the run."""
+
+    provider: Literal["github", "gitlab"]
+    # None: derived from the repository's https or ssh address.
+    repository: Repository | None = None
+    # None: https://api.github.com, or the GitLab host's /api/v4 (from the address).
+    api_url: Url | None = None
+    # The Prefect Secret block holding the token (never the token itself).
+    token_block: BlockName
+    context_prefix: ContextPrefix = "cicd"
+    # The token is a GitHub App installation token: check runs, not statuses
+    # (https://docs.github.com/en/rest/checks/runs: only GitHub Apps may create them).
+    check_runs: bool = False
+
+    @model_validator(mode="after")
+    def _check_runs_on_github(self) -> StatusesConfig:
+        if self.check_runs and self.provider != "github":
+            raise ValueError(
+                "field 'statuses.check_runs': check runs are GitHub's; "
+                f"provider {self.provider!r} gets commit statuses"
+            )
+        return self
+
+
 class PipelineSettings(_Model):
     """Per-flow choices: which suites run, LLM mode, budget, Python matrix."""
 
@@ -394,6 +438,7 @@ class PipelineConfig(_Model):
     benchmarks: BenchmarkConfig | None = None
     notify: NotifyConfig = NotifyConfig()
     release: ReleaseConfig = ReleaseConfig()
+    statuses: StatusesConfig | None = None
     pipelines: dict[PipelineName, PipelineSettings] = {}
     ignore_paths: list[IgnorePattern] = Field(default=[], max_length=1000)
 

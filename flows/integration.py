@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from cicd.changes import source_fingerprint
 from cicd.config import LlmMode, PipelineConfig
 from cicd.results import JobResult, JobState
-from flows.gate import FlowOutcome, finish
+from flows.gate import FlowOutcome
 from flows.opening import open_pipeline
 from tasks.benchmarks import JOB_NAME as BENCHMARK_JOB
 from tasks.benchmarks import BenchmarkJob
@@ -61,7 +61,7 @@ def integration(
         if reason is not None and all(passed_before(job) for job in planned):
             names = [*suites, BUDGET_JOB] + ([BENCHMARK_JOB] if config.benchmarks else [])
             skipped = [JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in names]
-            return finish(run.report(checkout, ref, skipped))
+            return opened.finish(run.report(checkout, ref, skipped))
 
         # agent-tests: services: neo4j; env: USE_MOCK_LLM -> the gateway in `mode`
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
@@ -80,4 +80,4 @@ def integration(
             not_run = JobResult(BENCHMARK_JOB, JobState.SKIPPED, 0.0, reason="agent tests failed")
             results.append(not_run)
 
-        return finish(run.report(checkout, ref, results, extra={"llm": budget.details}))
+        return opened.finish(run.report(checkout, ref, results, extra={"llm": budget.details}))

@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cicd.config import LlmMode, PipelineConfig, SuiteConfig
 from cicd.results import JobResult, PipelineReport
-from flows.gate import FlowOutcome, finish
+from flows.gate import FlowOutcome
 from flows.opening import open_pipeline
 from tasks.environments import tool_packages
 from tasks.job import Job
@@ -86,7 +86,7 @@ def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> Fl
         # - name: Notify on failure (if: failure()), and on an over-threshold cost
         spent = float(budget.details.get("spent_usd", 0.0))
         report.extra["notified"] = send_notifications(report, config, spent, logger)
-        return finish(report)
+        return opened.finish(report)
 
 
 def matrix_jobs(

@@ -1,5 +1,6 @@
 """What every pipeline does first, in one place: the run directory, the
-checkout (registered for cleanup at once), cicd.yaml, and the environment.
+checkout (registered for cleanup at once), cicd.yaml, the environment, and
+the run's statuses on the git host (pending now, final in ``Opened.finish``).
 
     - uses: actions/checkout@v4
     - run: pip install -e ".[dev]"
@@ -10,14 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cicd import masking
 from cicd.changes import only_ignored
 from cicd.config import PipelineConfig, SuiteConfig, load_config
 from cicd.git import Checkout, changed_files
+from cicd.results import PipelineReport
 from cicd.runs import PipelineRun, pipeline_run
+from flows.gate import FlowOutcome, finish
 from tasks.checkout import checkout_task
+from tasks.commit_statuses import CommitStatuses, commit_statuses
 from tasks.environments import Environment, environment_task, tool_packages
 
 
@@ -28,6 +32,8 @@ class Opened:
     run: PipelineRun
     checkout: Checkout
     config: PipelineConfig
+    # Posting nothing unless cicd.yaml has `statuses:` (tasks/commit_statuses.py).
+    statuses: CommitStatuses = field(default_factory=lambda: CommitStatuses(None))
 
     def environment(self, suites: Iterable[SuiteConfig] = ()) -> Environment:
         """The target's environment with what the jobs need (reused while unchanged)."""
@@ -47,11 +53,18 @@ class Opened:
         shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
         return f"skipped: only paths no job depends on changed ({shown}; ignore_paths)"
 
+    def finish(self, report: PipelineReport) -> FlowOutcome:
+        """Each job's and the run's final status on the git host, then the gate."""
+        self.statuses.final(report)
+        return finish(report)
+
 
 @contextmanager
-def open_pipeline(flow: str, repo: str, ref: str) -> Iterator[Opened]:
+def open_pipeline(flow: str, repo: str, ref: str, *, untrusted: bool = False) -> Iterator[Opened]:
     """Set up a run of ``flow`` on ``repo@ref``; on any exit its processes are
-    killed and its workspace deleted (``cicd.runs.pipeline_run``)."""
+    killed and its workspace deleted (``cicd.runs.pipeline_run``), and a status
+    still pending on the git host is set to error. ``untrusted`` (a fork): no
+    statuses, since the fork's cicd.yaml would choose where the token goes."""
     # Prefect ships log records as they are (its Secret block hides a value only
     # in its repr): every secret registered in cicd.masking is masked from here on.
     masking.register_credentials(os.environ)
@@ -59,4 +72,6 @@ def open_pipeline(flow: str, repo: str, ref: str) -> Iterator[Opened]:
     with pipeline_run(flow) as run:
         checkout = checkout_task(repo, ref)
         run.workspaces.append(checkout.path)
-        yield Opened(run, checkout, load_config(checkout.path))
+        config = load_config(checkout.path)
+        with commit_statuses(flow, checkout, config.statuses, untrusted=untrusted) as statuses:
+            yield Opened(run, checkout, config, statuses)

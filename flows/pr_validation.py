@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from cicd.changes import source_fingerprint
 from cicd.config import PipelineConfig
 from cicd.results import JobResult, JobState
-from flows.gate import FlowOutcome, finish
+from flows.gate import FlowOutcome
 from flows.opening import Opened, open_pipeline
 from tasks.job import Job
 from tasks.job_runner import collect, passed_before, run_job, submit_all
@@ -78,7 +78,7 @@ def pr_validation(
         from flows.concurrency import cancel_older_runs
 
         cancel_older_runs(FLOW_NAME, group)
-    with open_pipeline(FLOW_NAME, repo, ref) as opened:
+    with open_pipeline(FLOW_NAME, repo, ref, untrusted=untrusted) as opened:
         run, checkout, config = opened.run, opened.checkout, opened.config
 
         # - run: pip install -e ".[dev]"   (reused while the dependency inputs are unchanged)
@@ -98,9 +98,10 @@ def pr_validation(
             skipped = [
                 JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in job_names(config)
             ]
-            return finish(run.report(checkout, ref, skipped))
+            return opened.finish(run.report(checkout, ref, skipped))
 
-        # jobs: quality, unit-tests, framework-tests (in parallel)
+        # jobs: quality, unit-tests, framework-tests (in parallel), pending on the git host
+        opened.statuses.pending(job_names(config))
         with mock_llm(opened, ref, untrusted) as llm:
             # The planned jobs, unless a suite needs the gateway's variables.
             jobs = planned
@@ -109,10 +110,11 @@ def pr_validation(
                     *quality_jobs(config.quality, env, source, checkout.path),
                     *suite_jobs(config, suites, env, source, llm.env),
                 ]
-            results = collect(submit_all(jobs, run, checkout.path))
+            # each job's status on the git host as soon as it ends
+            results = collect(opened.statuses.follow(submit_all(jobs, run, checkout.path)))
         if llm is not None:
             passed = all(result.state.ok for result in results)
             results += (run_job(LlmBudgetJob(llm, passed), run, checkout.path),)
 
         # PR blocked if any job fails
-        return finish(run.report(checkout, ref, results))
+        return opened.finish(run.report(checkout, ref, results))

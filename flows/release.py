@@ -22,7 +22,7 @@ from cicd import masking
 from cicd.config import PipelineConfig
 from cicd.git import clone_workspace, commit_timestamp
 from cicd.results import JobResult, JobState
-from flows.gate import FlowOutcome, finish
+from flows.gate import FlowOutcome
 from flows.opening import open_pipeline
 from tasks import changelog, packaging, publishing
 from tasks.job_runner import collect, run_job, submit_all
@@ -80,7 +80,7 @@ def release(
         build_job = BuildJob(run.directory / "dist", epoch, ref, prefix)
         build = run_job(build_job, run, pristine.path)
         if not build.state.ok:
-            return finish(run.report(checkout, ref, stopped([build], "build failed")))
+            return opened.finish(run.report(checkout, ref, stopped([build], "build failed")))
         name, version = built_identity(build)
 
         # validate: run full test suite (stop on any failure)
@@ -89,7 +89,7 @@ def release(
         tests = collect(submit_all(suite_jobs(config, suites, env), run, checkout.path))
         results = [*tests, build]
         if not all(result.state.ok for result in tests):
-            return finish(run.report(checkout, ref, stopped(results, "tests failed")))
+            return opened.finish(run.report(checkout, ref, stopped(results, "tests failed")))
 
         # publish (idempotent; dry run does everything but upload)
         target = (
@@ -99,7 +99,7 @@ def release(
         publish = run_job(PublishJob(files, config.release, target, dry_run), run, checkout.path)
         results.append(publish)
         if not publish.state.ok:
-            return finish(run.report(checkout, ref, results))
+            return opened.finish(run.report(checkout, ref, results))
 
         # create-release: changelog since the previous tag, release record
         previous = changelog.previous_tag(checkout.path, ref, match=f"{config.release.tag_prefix}*")
@@ -126,4 +126,4 @@ def release(
         create_table_artifact(key="release-files", table=record["files"])
         counts = {action: len(publish.details[action]) for action in ACTIONS}
         logger.info("release %s %s: %s", name, version, counts)
-        return finish(run.report(checkout, ref, results, extra={"release": record}))
+        return opened.finish(run.report(checkout, ref, results, extra={"release": record}))

@@ -37,6 +37,11 @@ _PREFECT_PORT = free_port()
 # not in this session's: 123 MB copied per session would be wasted.
 _user_home = Path(os.environ.get("CICD_HOME") or Path.home() / ".cache" / "cicd-flows")
 os.environ.setdefault("CICD_NEO4J_HOME", str(_user_home / "services" / "neo4j" / "5.26.30"))
+# GitHub's OpenAPI description, cached there by scripts/provision-github-openapi.
+os.environ.setdefault(
+    "CICD_GITHUB_OPENAPI",
+    str(_user_home / "openapi" / "octokit-openapi-23.0.2" / "api.github.com.json"),
+)
 os.environ.update(
     {
         "CICD_HOME": str(_SESSION_DIR / "cicd-home"),
