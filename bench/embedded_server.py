@@ -52,6 +52,7 @@ def sample(root: Path) -> Path:
 
 def env_for(variant: str, work: Path, before: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    (work / variant / "cicd").mkdir(parents=True, exist_ok=True)
     env.update(
         CICD_HOME=str(work / variant / "cicd"),
         PREFECT_HOME=str(work / variant / "prefect"),
@@ -66,7 +67,11 @@ def one_run(variant: str, repo: Path, env: dict[str, str]) -> float:
     """Wall seconds of one whole ``cicd run``."""
     argv = [sys.executable, "-c", CLI, "run", "pr-validation", "--repo", str(repo), "--json"]
     started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
+    # Not from this tree's root: `python -c` puts the working directory first on
+    # sys.path, which would shadow the before variant's PYTHONPATH.
+    proc = subprocess.run(
+        argv, env=env, cwd=env["CICD_HOME"], capture_output=True, text=True, timeout=900
+    )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{variant}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
@@ -86,7 +91,9 @@ def server_rss(env: dict[str, str]) -> float:
 
 
 def stop_after(env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-c", CLI, "down"], env=env, capture_output=True, check=False)
+    subprocess.run(
+        [sys.executable, "-c", CLI, "down"], env=env, cwd=env["CICD_HOME"], capture_output=True
+    )
 
 
 def main() -> None:

@@ -246,3 +246,56 @@ def test_down_against_a_stopped_server_is_bounded(tmp_path: Path) -> None:
         assert took < 30, (took, down.stdout)
         assert not is_running(server)
         assert not any(is_running(record) for record in state.processes)
+
+
+# ------------------------------------------------------------ the local report, without a server
+
+
+def journal_run(tmp_path: Path, *entries: dict[str, Any]) -> Path:
+    from cicd import runs
+
+    directory = tmp_path / "runs" / f"pr-validation-{len(runs.opened_directories())}-{time.time()}"
+    directory.mkdir(parents=True)
+    (directory / runs.JOURNAL).write_text("".join(json.dumps(e) + "\n" for e in entries))
+    runs._opened.append(directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("entries", "state", "code"),
+    [
+        ([{"name": "unit", "state": "planned"}, {"name": "unit", "state": "passed"}], "passed", 0),
+        (
+            [{"name": "unit", "state": "failed"}, {"name": "quality", "state": "passed"}],
+            "failed",
+            1,
+        ),
+        (
+            [{"name": "unit", "state": "passed"}, {"name": "quality", "state": "planned"}],
+            "unknown",
+            3,
+        ),
+    ],
+)
+def test_the_local_report_takes_the_journals_verdicts(
+    tmp_path: Path, entries: list[dict[str, Any]], state: str, code: int
+) -> None:
+    from cicd.cli import run_watch
+
+    directory = journal_run(tmp_path, *entries)
+    report = run_watch.local_report("pr-validation", "repo", "HEAD", "http://127.0.0.1:1/api")
+
+    assert report["state"] == state
+    assert run_watch.exit_code(report) == code
+    assert json.loads((directory / "report.json").read_text())["state"] == state
+
+
+def test_a_job_prefect_lost_to_the_outage_keeps_its_verdict(tmp_path: Path) -> None:
+    from cicd.cli import run_watch
+
+    journal_run(tmp_path, {"name": "unit", "state": "passed", "duration": 1.0})
+    lost = {"name": "unit", "state": "errored", "duration": 0.0, "reason": "ConnectError"}
+    report = run_watch.reconcile({"flow": "pr-validation", "state": "failed", "jobs": [lost]})
+
+    assert report["state"] == "passed"
+    assert report["jobs"] == [{"name": "unit", "state": "passed", "duration": 1.0}]

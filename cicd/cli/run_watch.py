@@ -1,6 +1,6 @@
 """A run whose control plane goes away: the jobs keep their verdicts.
 
-The flow runs in a thread while this process watches the Prefect API
+The flow runs in the main thread while a thread watches the Prefect API
 (``/health``, every :data:`TICK` seconds). While the server answers, nothing
 changes. When it stops answering:
 
@@ -15,9 +15,9 @@ changes. When it stops answering:
   verdicts: 0 all passed, 1 one failed, 3 when a job has no verdict (it never
   ran, or was still running and was stopped).
 
-The flow's thread is then stuck in Prefect's client retries, and the task
-runner's threads are not daemons: the process ends with ``os._exit`` once the
-report is out and every job's process group is killed.
+The flow is then stuck in Prefect's client retries, and the task runner's
+threads are not daemons: the watching thread ends the process with
+``os._exit`` once the report is out and every job's process group is killed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,41 +60,55 @@ def wait_seconds(environ: dict[str, str] | None = None) -> float:
 
 @dataclass
 class Watched:
-    """How the flow ended: its value or exception, or ``gave_up`` (no answer in time)."""
+    """How the flow ended: its value or exception; ``interrupted`` when the
+    server stopped answering at least once during the run."""
 
     value: Any = None
-    error: BaseException | None = None
-    gave_up: bool = False
-    # The server stopped answering at least once during the run.
+    error: Exception | None = None
     interrupted: bool = False
+    finished: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def watch(call: Callable[[], Any], api_url: str, wait: float, tick: float = TICK) -> Watched:
-    """Run ``call`` in a thread; give up once ``api_url`` has not answered for ``wait`` s."""
+def watch(
+    call: Callable[[], Any],
+    api_url: str,
+    wait: float,
+    give_up: Callable[[], object],
+    tick: float = TICK,
+) -> Watched:
+    """Run ``call`` here (the flow keeps the main thread: signals, Prefect's
+    timeouts) while a thread watches ``api_url``; once it has not answered for
+    ``wait`` s, that thread calls ``give_up`` (which ends the process) unless
+    the flow finished first. A signal's ``SystemExit`` and Ctrl-C pass through."""
     outcome = Watched()
+    done = threading.Event()
 
-    def target() -> None:
-        try:
-            outcome.value = call()
-        except BaseException as exc:
-            outcome.error = exc
+    def monitor() -> None:
+        down_since: float | None = None
+        while not done.wait(tick):
+            if api_healthy(api_url, timeout=tick):
+                down_since = None
+                continue
+            outcome.interrupted = True
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            if now - down_since >= wait:
+                with outcome.lock:
+                    if not outcome.finished:
+                        give_up()
+                return
 
-    thread = threading.Thread(target=target, name="cicd-flow", daemon=True)
-    thread.start()
-    down_since: float | None = None
-    while True:
-        thread.join(tick)
-        if not thread.is_alive():
-            return outcome
-        if api_healthy(api_url, timeout=tick):
-            down_since = None
-            continue
-        outcome.interrupted = True
-        now = time.monotonic()
-        down_since = now if down_since is None else down_since
-        if now - down_since >= wait:
-            outcome.gave_up = True
-            return outcome
+    threading.Thread(target=monitor, name="cicd-control-plane", daemon=True).start()
+    try:
+        outcome.value = call()
+    except Exception as exc:
+        outcome.error = exc
+    finally:
+        done.set()
+    with outcome.lock:  # blocks for good once give_up has begun: it ends the process
+        outcome.finished = True
+    return outcome
 
 
 def _job_ok(job: dict[str, Any]) -> bool:

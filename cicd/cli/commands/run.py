@@ -120,27 +120,38 @@ def _run_flow(
 
     flow = entry.load()
     started = time.monotonic()
-    watched = run_watch.watch(
-        lambda: flow(**entry.parameters(vars(args), repo)), api_url, run_watch.wait_seconds()
-    )
-    if watched.gave_up or (watched.interrupted and _lost_to_the_outage(watched.error)):
-        report = run_watch.local_report(entry.name, repo, getattr(args, "ref", None), api_url)
+    ref = getattr(args, "ref", None)
+
+    def local_end(ended: bool) -> int:
+        report = run_watch.local_report(entry.name, repo, ref, api_url)
         report["duration"] = round(time.monotonic() - started, 3)
         print(run_watch.unreachable_line(api_url), file=sys.stderr, flush=True)
         code = run_watch.exit_code(report)
         _print(report, outcome)
-        if watched.gave_up:
-            run_watch.end_now(code)  # the flow's threads are stuck in Prefect's retries
+        if not ended:
+            run_watch.end_now(code)  # the flow is stuck in Prefect's retries
         return code
+
+    watched = run_watch.watch(
+        lambda: flow(**entry.parameters(vars(args), repo)),
+        api_url,
+        run_watch.wait_seconds(),
+        lambda: local_end(ended=False),
+    )
+    if watched.interrupted and _lost_to_the_outage(watched.error):
+        return local_end(ended=True)
     if isinstance(watched.error, PipelineFailed):
         report = watched.error.report.to_json()
+        code = EXIT_FAILED
     elif watched.error is not None:
         raise watched.error
     else:
         report = watched.value
-    if watched.interrupted:
+        code = EXIT_PASSED
+    if watched.interrupted and "jobs" in report:
+        # Jobs Prefect lost to the outage get their verdict from the journal.
         report = run_watch.reconcile({**report, "flow": entry.name})
-    code = EXIT_PASSED if report.get("state", "passed") == "passed" else EXIT_FAILED
+        code = EXIT_PASSED if report["state"] == "passed" else EXIT_FAILED
     report = {**report, "flow": entry.name, "duration": round(time.monotonic() - started, 3)}
     _print(report, outcome)
     return code
