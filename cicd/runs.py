@@ -4,6 +4,8 @@ deleted on any exit."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -15,6 +17,36 @@ from typing import Any
 from cicd import command, paths
 from cicd.git import Checkout, remove_workspace
 from cicd.results import JobResult, PipelineReport
+
+JOURNAL = "jobs.jsonl"
+_journal_lock = threading.Lock()
+# The run directories this process opened, newest last: `cicd run` reads their
+# journals when the control plane is gone (cicd/cli/run_watch.py).
+_opened: list[Path] = []
+
+
+def opened_directories() -> list[Path]:
+    return list(_opened)
+
+
+def read_journal(directory: Path) -> list[dict[str, Any]]:
+    """Every job of a run, in the order planned: its result as ``to_json`` gives
+    it once it ended, else ``{"name": ..., "state": "planned"}``."""
+    jobs: dict[str, dict[str, Any]] = {}
+    try:
+        lines = (directory / JOURNAL).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        if entry.get("state") != "planned" or entry["name"] not in jobs:
+            jobs[entry["name"]] = entry
+    return list(jobs.values())
 
 
 @dataclass
@@ -33,6 +65,20 @@ class PipelineRun:
         path = self.directory / "reports"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        # Written before Prefect hears of the result: a verdict survives a
+        # control plane that is gone (issue: a server that goes away mid-run).
+        line = json.dumps(entry, default=str) + "\n"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with _journal_lock, (self.directory / JOURNAL).open("a", encoding="utf-8") as handle:
+            handle.write(line)
+
+    def plan(self, job: str) -> None:
+        self._journal({"name": job, "state": "planned"})
+
+    def record(self, result: JobResult) -> None:
+        self._journal(result.to_json())
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -75,6 +121,7 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
     directory = paths.runs() / f"{flow}-{run_id}"
     directory.mkdir(parents=True, exist_ok=True)
     run = PipelineRun(flow, run_id, directory)
+    _opened.append(directory)
     command.reopen()
     try:
         yield run

@@ -131,6 +131,9 @@ DEFAULT_PORT = 4200
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT = 180.0
 WORKER_READY_TIMEOUT = 120.0
+# Grace before SIGKILL when the server does not answer: a worker then hangs
+# on SIGTERM anyway (it waits for its server), so waiting longer buys nothing.
+HUNG_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,17 @@ def up(
             )
         reused.append("server")
     else:
-        state = StackState(api_url=api_url_for(host, port), host=host, port=port)
+        fresh = StackState(api_url=api_url_for(host, port), host=host, port=port)
+        if state is not None:
+            # The server is gone (crashed, killed) but its workers may live on:
+            # keep tracking them, never start a second one beside them. Ours
+            # pointed at another address are stopped: they would poll nothing.
+            alive = [p for p in state.processes if p.role != "server" and is_running(p)]
+            if state.api_url == fresh.api_url:
+                fresh.processes = alive
+            else:
+                _stop_records(alive)
+        state = fresh
     api_url = state.api_url
     auth = _auth_string(server_url, reused, directory)
     if server_url is not None:
@@ -316,7 +329,9 @@ def _auth_string(server_url: str | None, reused: list[str], directory: Path) -> 
     return auth
 
 
-def _stop_records(records: Sequence[ProcessRecord]) -> list[StopResult]:
+def _stop_records(
+    records: Sequence[ProcessRecord], grace: float = STOP_GRACE_SECONDS
+) -> list[StopResult]:
     # Workers first, then the server (see the module docstring).
     ordered = sorted(records, key=lambda r: r.role == "server")
     results: list[StopResult] = []
@@ -325,7 +340,7 @@ def _stop_records(records: Sequence[ProcessRecord]) -> list[StopResult]:
         if record.role != "server" and is_running(record):
             # Flow runs are sessions of their own: the worker's group does not hold them.
             flow_runs = child_pids(record.pid)
-        results.append(stop_process(record))
+        results.append(stop_process(record, grace))
         for pid in flow_runs:
             results.append(_stop_flow_run(record.role, pid))
     return results
@@ -347,15 +362,22 @@ def down() -> list[StopResult]:
     if state is None:
         return []
     server = state.role("server")
-    results = _stop_records([p for p in state.processes if p is not server])
+    # A server that does not answer (hung, SIGSTOPped) gets no HTTP call that
+    # could block, and its workers and itself a short grace: `down` is bounded.
+    answers = server is not None and is_running(server) and api_healthy(state.api_url, 2.0)
+    grace = STOP_GRACE_SECONDS if answers or server is None else HUNG_GRACE_SECONDS
+    results = _stop_records([p for p in state.processes if p is not server], grace)
     if server is not None and is_running(server):
         # Only on our own server: on a shared one (--server-url) other workers'
         # runs are in the same pool.
-        try:
-            results.extend(cancel_orphaned_runs(state.api_url))
-        except Exception as exc:  # the server must still be stopped
-            results.append(StopResult(f"cancelling runs failed: {exc}", 0, "skipped"))
-        results.append(stop_process(server))
+        if answers:
+            try:
+                results.extend(cancel_orphaned_runs(state.api_url))
+            except Exception as exc:  # the server must still be stopped
+                results.append(StopResult(f"cancelling runs failed: {exc}", 0, "skipped"))
+        else:
+            results.append(StopResult("cancelling runs: the server does not answer", 0, "skipped"))
+        results.append(stop_process(server, grace))
     clear_state(directory)
     forget_auth_string(directory)
     return results

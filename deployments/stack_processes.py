@@ -140,6 +140,9 @@ def wait_for_health(api_url: str, timeout: float, alive: Callable[[], bool], log
 def port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds (SO_REUSEADDR): connections of a killed server left
+        # in TIME_WAIT do not make its port "in use" for the next one.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

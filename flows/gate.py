@@ -3,6 +3,7 @@ when any job failed."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect.states import Failed
@@ -21,7 +22,12 @@ def finish(report: PipelineReport) -> FlowOutcome:
     line instead of a traceback; calling the flow still raises the
     ``PipelineFailed`` it carries, with the whole report.
     """
-    publish_report(report)
+    try:
+        publish_report(report)
+    except Exception as exc:
+        # The artifacts need the API; a control plane that is gone must not
+        # turn the jobs' verdicts into a failed run (`cicd run` still reports).
+        logging.getLogger(__name__).warning("summary artifacts not published: %s", exc)
     if not report.passed:
         failed = PipelineFailed(report)
         return Failed(message=str(failed), data=failed)

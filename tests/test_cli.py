@@ -1,7 +1,7 @@
 """The ``cicd`` command line: settings in place before Prefect is imported, one
 error handler (exit codes 0/1/2/3/130, one JSON object on every exit with
 ``--json``), the pipeline registry, and concurrent runs on a fresh embedded
-Prefect (no PREFECT_API_URL).
+Prefect (no PREFECT_API_URL: one local server, tests/test_run_server.py).
 
 Every test runs the real CLI, mostly as a subprocess, with real git
 repositories and a real Prefect server.
@@ -368,7 +368,12 @@ def test_three_runs_at_once_on_a_fresh_embedded_prefect_all_get_their_verdicts(
     finally:
         for proc in procs:
             stop_process_group(proc)  # type: ignore[arg-type]
+        # The local server the runs shared stays up for the next run: stop it.
+        down = cicd("down", env=env, timeout=120)
 
+    assert down.returncode == 0, down.stderr
+    started = Path(env["CICD_HOME"], "run-server", "started.log").read_text().splitlines()
+    assert len(started) == 1, started  # one server for the three runs
     reports: list[dict[str, Any]] = []
     for _code, out, err in results:
         assert out, err[-3000:]

@@ -1,54 +1,21 @@
-"""The Prefect API a run talks to: the one ``PREFECT_API_URL`` names, checked
-before the run, or Prefect's temporary server, started one process at a time
-per database.
+"""The Prefect API a run talks to when ``PREFECT_API_URL`` names one: checked
+before the run.
 
 A ``PREFECT_API_URL`` where nothing answers would otherwise surface, after
 Prefect's client retries, as ``RuntimeError: Failed to reach API``: a
 pipeline that could not run, said in one ``cicd: error:`` line (exit 1).
 
-Without ``PREFECT_API_URL`` every ``cicd run`` starts its own temporary
-Prefect server, and every one of them opens the same SQLite database
-(``$PREFECT_HOME/prefect.db``), migrates it and registers the block types on
-start. Three ``cicd run`` started at once on a fresh ``PREFECT_HOME`` race in
-those migrations: a loser's server dies on start with
-``duplicate column name: block_type_name`` and a traceback on stderr (Prefect
-then retries on another port; see ``SubprocessASGIServer.start``,
-https://github.com/PrefectHQ/prefect/blob/3.8.8/src/prefect/server/api/server.py).
-Prefect recommends SQLite for a single server
-(https://docs.prefect.io/v3/concepts/server); several servers on one file
-are ours to serialize.
-
-So the CLI starts the temporary server itself, before the flow, while holding
-an exclusive lock beside the database file: migrations, block registration
-and the server's first ``/health`` answer happen in one process at a time.
-Prefect's client then finds that server already running (one instance per
-process, ``SubprocessASGIServer()``) and uses it. The lock is released as soon
-as the server answers; the runs themselves stay concurrent.
-
-We chose this over one shared temporary server per ``CICD_HOME``: a shared
-server needs an owner to stop it and a way to outlive the run that started it,
-which is what ``cicd up`` already is.
+Without ``PREFECT_API_URL`` a run used to start Prefect's temporary server in
+its own process (one per run, serialised under a lock beside the SQLite file
+because concurrent migrations raced). It now uses the one local server that
+``deployments/run_server.py`` starts once and keeps for the next runs
+(issue 15, "One local server, reused").
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from cicd.errors import InfrastructureError
-from cicd.locking import file_lock
 from deployments.stack_processes import api_healthy
-
-SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
-
-
-def sqlite_path(connection_url: str) -> Path | None:
-    """The database file of a SQLite URL; None for other databases and in-memory SQLite."""
-    for prefix in SQLITE_PREFIXES:
-        if connection_url.startswith(prefix):
-            rest = connection_url[len(prefix) :].split("?", 1)[0]
-            return Path(rest) if rest and rest != ":memory:" else None
-    return None
 
 
 def require_api(url: str, timeout: float = 10.0) -> None:
@@ -56,31 +23,5 @@ def require_api(url: str, timeout: float = 10.0) -> None:
     if not api_healthy(url.rstrip("/"), timeout=timeout):
         raise InfrastructureError(
             f"no Prefect API answers at {url} (PREFECT_API_URL): start the server, "
-            "point PREFECT_API_URL elsewhere, or unset it to use a temporary server"
+            "point PREFECT_API_URL elsewhere, or unset it to use the local server"
         )
-
-
-def start_temporary_server() -> str | None:
-    """Start this process's temporary Prefect server under the database's lock.
-
-    Returns its API URL, or None when none is needed (``PREFECT_API_URL`` is
-    set, ephemeral mode is off, or the database is not a SQLite file).
-    Imports Prefect: call it after the CLI's settings are in place.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        return None
-    url = settings.server.database.connection_url
-    database = sqlite_path(url.get_secret_value()) if url is not None else None
-    if database is None:
-        return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    with file_lock(database.with_name(database.name + ".cicd-start.lock")):
-        server = SubprocessASGIServer()
-        server.start()
-    return server.api_url

@@ -19,8 +19,10 @@ from collections.abc import MutableMapping
 DEFAULTS = {
     # An offline CI worker has nobody to send analytics to.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # The temporary server takes 6-11 s to start on a 2-core worker, more under
-    # load; Prefect's default budget of 20 s fails the first run of a busy one.
+    # cicd never starts Prefect's temporary server itself any more (cicd run uses
+    # deployments/run_server.py), but library callers of the flows may: the
+    # temporary server takes 6-11 s to start on a 2-core worker, more under
+    # load, and Prefect's default budget of 20 s fails the first run of a busy one.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # A CI command prints its own verdict; Prefect's INFO lines (task created,
     # finished in state ...) bury it. PREFECT_LOGGING_LEVEL=INFO brings them back.
@@ -44,14 +46,12 @@ def apply_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str,
             env[name] = value
             applied[name] = value
     if not env.get("PREFECT_API_URL"):
-        # The server `cicd up` started, while it runs; else Prefect's temporary
-        # server. Imported here: nothing in it imports Prefect.
-        from deployments.stack_state import configured_api_url
+        # The one address decision of every command (cicd/cli/prefect_address.py).
+        from cicd.cli import prefect_address
 
-        url = configured_api_url()
-        if url:
-            env["PREFECT_API_URL"] = url
-            applied["PREFECT_API_URL"] = url
+        address = prefect_address.apply(env)
+        if address is not None:
+            applied["PREFECT_API_URL"] = address.url
     if env.get("PREFECT_API_URL") and not env.get("PREFECT_API_AUTH_STRING"):
         # The API password of the stack `cicd up` started (deployments/stack_auth.py);
         # not in `applied`: it is a secret and is never shown.

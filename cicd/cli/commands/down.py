@@ -1,4 +1,5 @@
-"""``cicd down``: stop what ``cicd up`` started, workers before the server, by pid."""
+"""``cicd down``: stop what ``cicd up`` started, workers before the server, by pid,
+and the local server ``cicd run`` started (deployments/run_server.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     del args
-    results = local_server.down()
+    from deployments import run_server
+
+    results = local_server.down() + run_server.stop()
     if not results:
-        print("nothing to stop: no local stack is recorded in " f"{local_server.state_dir()}")
+        print(f"nothing to stop: no local stack is recorded in {local_server.state_dir()}")
         return 0
     for result in results:
         print(f"{result.role:<16} pid {result.pid:<8} {result.outcome}")

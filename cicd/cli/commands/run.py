@@ -2,16 +2,18 @@
 
 The pipelines, their options and their flows come from ``flows/registry.py``.
 Exit codes are those of ``cicd/cli/error_handler.py``: 0 the pipeline passed,
-1 it failed, 2 bad input, 3 an unexpected error.
+1 it failed, 2 bad input, 3 an unexpected error, or a job without a verdict
+when the control plane stayed unreachable (``cicd/cli/run_watch.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cicd.cli.error_handler import EXIT_FAILED, EXIT_PASSED, Outcome
@@ -77,39 +79,111 @@ def _print_human(report: dict[str, Any]) -> None:
 def run(args: argparse.Namespace, outcome: Outcome) -> int:
     """Run the pipeline; a failed pipeline is a report and exit 1, any other
     error goes to the error handler."""
-    from cicd.cli.prefect_api import require_api, start_temporary_server
-    from cicd.cli.progress_view import make_view, watching
-    from cicd.results import PipelineFailed
-
     entry = PIPELINES[args.pipeline]
     repo = getattr(args, "repo", None)
     if entry.takes_repo and repo is None:
         from cicd.sample import default_sample_repo
 
         repo = str(default_sample_repo())
-    flow = entry.load()
-    started = time.monotonic()
+    from cicd.cli.progress_view import make_view, watching
+
     # The flow runs here, in this process, its jobs in the task runner's
     # threads: their progress events reach the view directly.
-    with watching(make_view(sys.stderr, quiet=getattr(args, "quiet", False))) as view:
-        api_url = os.environ.get("PREFECT_API_URL")
-        if api_url:
-            require_api(api_url)
-        else:
-            # The temporary server, started one run at a time.
-            view.note("Prefect: starting a temporary server…")
-            start_temporary_server()
-            view.note(f"Prefect: temporary server ready in {time.monotonic() - started:.1f} s")
+    view = make_view(sys.stderr, quiet=getattr(args, "quiet", False))
+    with watching(view), api_for_run(view.note) as api_url:
         view.note(f"{entry.name}: started")
-        try:
-            report = flow(**entry.parameters(vars(args), repo))
-            code = EXIT_PASSED
-        except PipelineFailed as failed:
-            report = failed.report.to_json()
-            code = EXIT_FAILED
+        report, code = _run_flow(entry, args, outcome, repo, api_url)
+    if report is not None:
+        _print(report, outcome)
+    return code
+
+
+@contextlib.contextmanager
+def api_for_run(note: Callable[[str], None]) -> Iterator[str]:
+    """The API this run reports to (cicd/cli/prefect_address.py), with the
+    local server started first when there is none; Prefect is not imported yet.
+
+    The server of ``cicd up`` that does not answer is passed over for the local
+    one; a ``PREFECT_API_URL`` given that does not answer is an error.
+    """
+    from cicd.cli import prefect_address
+    from deployments import run_server
+    from deployments.stack_processes import api_healthy
+
+    address = prefect_address.current()
+    if address is not None and address.origin == prefect_address.GIVEN:
+        from cicd.cli.prefect_api import require_api
+
+        require_api(address.url)
+        yield address.url
+        return
+    stack = address is not None and address.origin == prefect_address.STACK
+    if address is not None and stack and api_healthy(address.url, timeout=5):
+        yield address.url
+        return
+    with run_server.in_use():
+        url = run_server.ensure_server(note)
+        prefect_address.use(url)
+        yield url
+
+
+def _run_flow(
+    entry: Pipeline, args: argparse.Namespace, outcome: Outcome, repo: str | None, api_url: str
+) -> tuple[dict[str, Any] | None, int]:
+    """The report and exit code of the flow, printed by the caller once the
+    progress view has closed; no report when the unreachable path printed its own."""
+    from cicd.cli import run_watch
+    from cicd.results import PipelineFailed
+
+    flow = entry.load()
+    started = time.monotonic()
+    ref = getattr(args, "ref", None)
+
+    def local_end(ended: bool) -> int:
+        report = run_watch.local_report(entry.name, repo, ref, api_url)
+        report["duration"] = round(time.monotonic() - started, 3)
+        print(run_watch.unreachable_line(api_url), file=sys.stderr, flush=True)
+        code = run_watch.exit_code(report)
+        _print(report, outcome)
+        if not ended:
+            run_watch.end_now(code)  # the flow is stuck in Prefect's retries
+        return code
+
+    watched = run_watch.watch(
+        lambda: flow(**entry.parameters(vars(args), repo)),
+        api_url,
+        run_watch.wait_seconds(),
+        lambda: local_end(ended=False),
+    )
+    if watched.interrupted and _lost_to_the_outage(watched.error):
+        return None, local_end(ended=True)
+    if isinstance(watched.error, PipelineFailed):
+        report = watched.error.report.to_json()
+        code = EXIT_FAILED
+    elif watched.error is not None:
+        raise watched.error
+    else:
+        report = watched.value
+        code = EXIT_PASSED
+    if watched.interrupted and "jobs" in report:
+        # Jobs Prefect lost to the outage get their verdict from the journal.
+        report = run_watch.reconcile({**report, "flow": entry.name})
+        code = EXIT_PASSED if report["state"] == "passed" else EXIT_FAILED
     report = {**report, "flow": entry.name, "duration": round(time.monotonic() - started, 3)}
+    return report, code
+
+
+def _lost_to_the_outage(error: BaseException | None) -> bool:
+    """An error that is the control plane's, not the pipeline's: anything but a
+    pipeline's own verdict or bad input, seen while the server was away."""
+    from cicd.errors import BadInput
+    from cicd.results import PipelineFailed
+
+    return error is not None and not isinstance(error, PipelineFailed | BadInput)
+
+
+def _print(report: dict[str, Any], outcome: Outcome) -> None:
     if outcome.json_output:
         outcome.print_json(report)
     else:
         _print_human(report)
-    return code

@@ -62,16 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_api_url() -> str:
-    """PREFECT_API_URL, else the server ``cicd up`` started. Without either,
-    each delivery would boot a throwaway Prefect server that no worker watches."""
-    from deployments.stack_state import configured_api_url
+    """The address every command uses (cicd/cli/prefect_address.py). Without
+    one, each delivery would boot a throwaway Prefect server that no worker watches."""
+    from cicd.cli import prefect_address
 
-    url = configured_api_url()
-    if not url:
+    address = prefect_address.current()
+    if address is None:
         raise BadInput(
             "no Prefect server to start runs on: set PREFECT_API_URL or run `cicd up` first"
         )
-    return url
+    return address.url
 
 
 def read_secret(args: argparse.Namespace) -> str:
@@ -96,9 +96,15 @@ def read_secret(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise BadInput(f"--port {args.port}: expected 0-65535")
-    # Before Prefect is imported: it reads its settings once, at import.
-    os.environ["PREFECT_API_URL"] = resolve_api_url()
+    # main() has put it in PREFECT_API_URL before anything imported Prefect.
+    api_url = resolve_api_url()
     secret = read_secret(args)
+    from prefect.settings import get_current_settings
+
+    # What Prefect itself will use, printed: the address a delivery goes to.
+    in_effect = get_current_settings().api.url or "a temporary server"
+    if in_effect != api_url:
+        raise BadInput(f"Prefect uses {in_effect}, not {api_url}: PREFECT_API_URL came too late")
 
     from deployments.webhook import make_server, start_with_prefect
     from deployments.webhook_store import DeliveryStore, default_path
@@ -118,10 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # The first line tells a supervisor (or a test) where it listens, port 0 included.
-    print(
-        f"webhook receiver listening on {server.url} (Prefect API {os.environ['PREFECT_API_URL']})",
-        flush=True,
-    )
+    print(f"webhook receiver listening on {server.url} (Prefect API {in_effect})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
