@@ -16,6 +16,7 @@ from cicd.changes import only_ignored
 from cicd.config import PipelineConfig, SuiteConfig, load_config
 from cicd.git import Checkout, changed_files
 from cicd.runs import PipelineRun, pipeline_run
+from flows.run_names import name_current_run
 from tasks.checkout import checkout_task
 from tasks.environments import Environment, environment_task, tool_packages
 
@@ -57,4 +58,6 @@ def open_pipeline(flow: str, repo: str, ref: str) -> Iterator[Opened]:
     with pipeline_run(flow) as run:
         checkout = checkout_task(repo, ref)
         run.workspaces.append(checkout.path)
+        # "pr-validation · owner/repo@branch · 1a2b3c4": the commit is known only now.
+        name_current_run(flow, checkout)
         yield Opened(run, checkout, load_config(checkout.path))

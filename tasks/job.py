@@ -22,6 +22,7 @@ from cicd.results import JobResult, JobState, StepResult
 from cicd.runs import PipelineRun
 from cicd.sandbox import kill_note
 from cicd.sandbox_step import confine_step
+from tasks.step_logs import StepLog, run_logger
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,21 @@ def run_step(
     env: Mapping[str, str],
     deadline: Deadline,
     log_path: Path | None = None,
+    job: str | None = None,
 ) -> StepResult:
     """One command of a job, within what is left of the job's deadline.
+
+    The command and, live, its output go to the run's logs (``tasks.step_logs``,
+    bounded per step; ``log_path`` keeps the whole output, named by the job
+    ``job``, default the log file's name).
 
     Raises ``command.Cancelled`` when the run is being torn down, also when the
     command was killed by that teardown: its exit status is not a verdict.
     """
     if deadline.expired:
         return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
+    job_name = job or (log_path.stem if log_path is not None else "job")
+    live = StepLog(job_name, name, " ".join(argv), log_path, run_logger())
     try:
         # Confined (cicd/sandbox.py): the step sees its workspace, not the worker.
         with confine_step(argv, cwd, env) as (confined_argv, confined_env):
@@ -125,9 +133,12 @@ def run_step(
                 env=confined_env,
                 timeout=deadline.remaining(),
                 log_path=log_path,
+                on_line=live.line,
             )
     except FileNotFoundError as exc:
+        live.logger.error("%s: %s", live.prefix, exc)
         return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
+    live.ended(result)
     if not result.ok and command.closed():
         raise command.Cancelled(f"{name} was stopped: the run is shutting down")
     return StepResult(

@@ -1,0 +1,108 @@
+"""Peak memory of a job step that prints 200 MB, before and after bounded output.
+
+Each measurement is a fresh process that imports ``cicd`` from a given source
+tree (this one, or a git revision unpacked with ``git archive``), registers a
+secret (a run with a service password masks every line) and runs one step
+through ``cicd.command.run`` with a log file, as ``tasks.job.run_step`` does.
+The child step writes ``--megabytes`` MB of output, either as 100-byte lines
+or as one line without a newline. The process reports its own peak resident
+set (``VmHWM`` in /proc/self/status, proc(5):
+https://man7.org/linux/man-pages/man5/proc_pid_status.5.html), which
+counts the whole output only if it was ever held in memory.
+
+    .venv/bin/python bench/output_memory.py [--before REV] [--megabytes 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The step: N MB of output, as lines (``lines``) or a single line (``one-line``).
+PRINTER = """
+import sys
+mb, shape = int(sys.argv[1]), sys.argv[2]
+out = sys.stdout.buffer
+chunk = (b"x" * 99 + b"\\n") * 10_000 if shape == "lines" else b"y" * 1_000_000
+for _ in range(mb):
+    out.write(chunk)
+out.flush()
+"""
+
+MEASURE = """
+import json, sys, time
+from pathlib import Path
+from cicd import command, masking
+masking.register(["s3cret-password-for-bench"])
+log = Path(sys.argv[1])
+started = time.monotonic()
+result = command.run([sys.executable, "-c", sys.argv[2], sys.argv[3], sys.argv[4]], log_path=log)
+took = time.monotonic() - started
+status = Path("/proc/self/status").read_text()
+hwm = next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_mb": round(hwm / 1024, 1), "seconds": round(took, 2),
+                  "returncode": result.returncode, "tail_chars": len(result.output),
+                  "log_mb": round(log.stat().st_size / 2**20, 1)}))
+"""
+
+
+def unpack(rev: str, into: Path) -> Path:
+    """The ``cicd`` package as it was at ``rev`` (``git archive``, nothing checked out)."""
+    archive = into / "tree.tar"
+    with archive.open("wb") as handle:
+        subprocess.run(["git", "-C", str(ROOT), "archive", rev, "cicd"], stdout=handle, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "tree", filter="data")
+    return into / "tree"
+
+
+def measure(tree: Path, megabytes: int, shape: str, scratch: Path) -> dict[str, object]:
+    log = scratch / f"step-{shape}.log"
+    log.unlink(missing_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(log), PRINTER, str(megabytes), shape],
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "CICD_SANDBOX": "off"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    log.unlink(missing_ok=True)
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", help="git revision of the old code path (e.g. main)")
+    parser.add_argument("--megabytes", type=int, default=200)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cicd-bench-output-") as tmp:
+        scratch = Path(tmp)
+        trees = {"after": ROOT}
+        if args.before:
+            trees = {"before": unpack(args.before, scratch), **trees}
+        for label, tree in trees.items():
+            for shape in ("lines", "one-line"):
+                row = {
+                    "code": label,
+                    "shape": shape,
+                    **measure(tree, args.megabytes, shape, scratch),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    out = ROOT / "bench" / "results" / f"output_memory-{int(time.time())}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
