@@ -4,9 +4,10 @@ Each measurement is a fresh process that imports ``cicd`` from a given source
 tree (this one, or a git revision unpacked with ``git archive``), registers a
 secret (a run with a service password masks every line) and runs one step
 through ``cicd.command.run`` with a log file, as ``tasks.job.run_step`` does.
-The child step writes ``--megabytes`` MB of output, either as 100-byte lines
-or as one line without a newline. The process reports its own peak resident
-set (``VmHWM`` in /proc/self/status, proc(5):
+Where the tree has it, the step's output also goes line by line to the live
+step log of ``tasks.job.run_step`` (``tasks.step_logs``). The child step writes
+``--megabytes`` MB of output, either as 100-byte lines or as one line without a
+newline. The process reports its own peak resident set (``VmHWM`` in /proc/self/status, proc(5):
 https://man7.org/linux/man-pages/man5/proc_pid_status.5.html), which
 counts the whole output only if it was ever held in memory.
 
@@ -38,18 +39,34 @@ out.flush()
 """
 
 MEASURE = """
-import json, sys, time
+import json, logging, sys, time
 from pathlib import Path
 from cicd import command, masking
 masking.register(["s3cret-password-for-bench"])
 log = Path(sys.argv[1])
+argv = [sys.executable, "-c", sys.argv[2], sys.argv[3], sys.argv[4]]
+options = {}
+try:  # the live step log of tasks.job.run_step, where there is one
+    from tasks.step_logs import StepLog
+except ImportError:
+    StepLog = None
+if StepLog is not None:
+    logger = logging.getLogger("bench")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.NullHandler())
+    live = StepLog("job", "step", "printer", log, logger)
+    options["on_line"] = live.line
 started = time.monotonic()
-result = command.run([sys.executable, "-c", sys.argv[2], sys.argv[3], sys.argv[4]], log_path=log)
+result = command.run(argv, log_path=log, **options)
+if StepLog is not None:
+    live.ended(result)
 took = time.monotonic() - started
 status = Path("/proc/self/status").read_text()
 hwm = next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:"))
-print(json.dumps({"peak_rss_mb": round(hwm / 1024, 1), "seconds": round(took, 2),
-                  "returncode": result.returncode, "tail_chars": len(result.output),
+print(json.dumps({"module": command.__file__, "live_log": StepLog is not None,
+                  "peak_rss_mb": round(hwm / 1024, 1),
+                  "seconds": round(took, 2), "returncode": result.returncode,
+                  "tail_chars": len(result.output),
                   "log_mb": round(log.stat().st_size / 2**20, 1)}))
 """
 
@@ -68,8 +85,12 @@ def measure(tree: Path, megabytes: int, shape: str, scratch: Path) -> dict[str, 
     log = scratch / f"step-{shape}.log"
     log.unlink(missing_ok=True)
     done = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(log), PRINTER, str(megabytes), shape],
+        # -S: no site-packages, so the editable install of this checkout cannot
+        # shadow the tree on PYTHONPATH (cicd.command needs the standard library only).
+        [sys.executable, "-S", "-c", MEASURE, str(log), PRINTER, str(megabytes), shape],
         env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "CICD_SANDBOX": "off"},
+        # Not this checkout's directory: ``-c`` puts the working directory first on sys.path.
+        cwd=scratch,
         capture_output=True,
         text=True,
         check=True,

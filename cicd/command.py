@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +264,7 @@ class _OutputFollower(threading.Thread):
     The command writes to an unlinked temporary file (see :func:`run` for why
     not a pipe). This thread reads what was written with ``pread`` (which
     leaves the file offset the child writes at untouched), splits it into
-    lines, masks each one and hands it on: to the log file (at most
+    lines, masks them and hands them on: to the log file (at most
     :data:`MAX_LOG_BYTES` of a step, then a notice and the tail), to ``on_line``
     (live logs) and to a tail of :data:`OUTPUT_TAIL_CHARS` characters. A line
     longer than :data:`MAX_LINE_BYTES` is cut into pieces, so a step printing
@@ -285,8 +284,7 @@ class _OutputFollower(threading.Thread):
         self._offset = 0
         self._pending = bytearray()
         self._done = threading.Event()
-        self.tail: deque[str] = deque()
-        self._tail_chars = 0
+        self._tail = ""
         self.lines = 0
         self.logged_bytes = 0
         self.omitted_bytes = 0
@@ -312,51 +310,49 @@ class _OutputFollower(threading.Thread):
                 else:
                     self._done.wait(_FOLLOW_SECONDS)
             if self._pending:
-                self._line(bytes(self._pending), newline=False)
+                self._block(bytes(self._pending), complete=False)
                 self._pending.clear()
         except BaseException as exc:  # handed to the caller by finish()
             self.error = exc
 
     def _feed(self, data: bytes) -> None:
         self._pending += data
-        start = 0
-        while True:
-            end = self._pending.find(b"\n", start)
-            if end < 0:
-                break
-            self._line(bytes(self._pending[start:end]))
-            start = end + 1
-        del self._pending[:start]
+        end = self._pending.rfind(b"\n") + 1
+        if end:
+            # Every complete line at once: decoding, masking and writing a block
+            # costs a fraction of doing it line by line (output can be gigabytes).
+            self._block(bytes(self._pending[:end]), complete=True)
+            del self._pending[:end]
         while len(self._pending) > MAX_LINE_BYTES:
             # Cut at the last space of the piece when there is one, so that a
-            # secret (a word) is not split in two and missed by the masking.
+            # secret (a word) is not split in two and missed by the masking,
+            # and never inside a UTF-8 character.
             cut = self._pending.rfind(b" ", 0, MAX_LINE_BYTES) + 1 or MAX_LINE_BYTES
-            self._line(bytes(self._pending[:cut]), newline=False)
+            while cut > 1 and self._pending[cut] & 0xC0 == 0x80:
+                cut -= 1
+            self._block(bytes(self._pending[:cut]), complete=False)
             del self._pending[:cut]
 
-    def _line(self, data: bytes, newline: bool = True) -> None:
-        """One line (``newline``) or a piece of a longer one."""
-        self.lines += newline
-        text = _masked_line(data) + ("\n" if newline else "")
+    def _block(self, data: bytes, complete: bool) -> None:
+        """Complete lines (``complete``), or a piece of a longer line."""
+        text = _masked_line(data)
         if self._log is not None:
-            if self.logged_bytes + len(data) < MAX_LOG_BYTES:
+            if not self.omitted_bytes and self.logged_bytes + len(data) <= MAX_LOG_BYTES:
                 self._log.write(text)
-                self.logged_bytes += len(data) + newline
+                self.logged_bytes += len(data)
             else:
-                self.omitted_bytes += len(data) + newline
-        self.tail.append(text)
-        self._tail_chars += len(text)
-        while self._tail_chars - len(self.tail[0]) >= OUTPUT_TAIL_CHARS:
-            self._tail_chars -= len(self.tail.popleft())
-        excess = self._tail_chars - OUTPUT_TAIL_CHARS
-        if excess > 0:
-            self.tail[0] = self.tail[0][excess:]
-            self._tail_chars = OUTPUT_TAIL_CHARS
+                self.omitted_bytes += len(data)
+        self._tail = (self._tail + text)[-OUTPUT_TAIL_CHARS:]
+        self.lines += text.count("\n")
         if self._on_line is not None:
-            self._on_line(text.rstrip("\r\n"))
+            lines = text.split("\n")
+            if complete:
+                lines.pop()  # what follows the last newline: nothing
+            for line in lines:
+                self._on_line(line.rstrip("\r"))
 
     def output(self) -> str:
-        return "".join(self.tail)
+        return self._tail
 
 
 def _log_footer(follower: _OutputFollower) -> str:

@@ -16,6 +16,7 @@ from cicd.errors import CicdError
 # A job's headline names at most this many failed tests, in at most this many characters.
 HEADLINE_TESTS = 3
 HEADLINE_CHARS = 400
+HEADLINE_MESSAGE_CHARS = 100
 
 
 class JobState(enum.StrEnum):
@@ -57,6 +58,15 @@ class TestFailure:
     message: str
 
 
+def _named(failure: TestFailure) -> str:
+    """``tests.x::test_y: first line of its message`` (cut), for a headline."""
+    lines = failure.message.strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > HEADLINE_MESSAGE_CHARS:
+        message = message[: HEADLINE_MESSAGE_CHARS - 3] + "..."
+    return f"{failure.name}: {message}" if message else failure.name
+
+
 @dataclass(frozen=True)
 class TestCounts:
     __test__ = False
@@ -94,7 +104,7 @@ class JobResult:
         words = self.state.value.replace("_", " ")
         detail = " ".join(self.reason.split())  # one line, whatever the reason held
         if self.tests is not None and self.tests.failures and not self.state.ok:
-            names = [failure.name for failure in self.tests.failures[:HEADLINE_TESTS]]
+            names = [_named(failure) for failure in self.tests.failures[:HEADLINE_TESTS]]
             more = len(self.tests.failures) - len(names)
             shown = ", ".join(names) + (f" and {more} more" if more > 0 else "")
             detail = f"{detail} ({shown})" if detail else shown

@@ -18,7 +18,6 @@ and the handler carries ``cicd.masking``'s filter as well.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -88,38 +87,38 @@ class StepLog:
         self.logger = logger
         self.count = 0
         self.logged = 0
+        # Only the thread that follows the output calls line(), and ended() is
+        # called once that thread is done: no lock needed.
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self._lock = threading.Lock()
         where = f" (full output: {log_path})" if log_path is not None else ""
         logger.info("%s: $ %s%s", self.prefix, masking.mask(command), where)
 
     def line(self, text: str) -> None:
-        with self._lock:
-            self.count += 1
-            if self.count <= HEAD_LINES:
-                self.logged += 1
-                self.logger.info("%s | %s", self.prefix, _shown(text))
-                return
-            if self.count == HEAD_LINES + 1:
-                self.logged += 1
-                self.logger.info(
-                    "%s: more than %d lines; the last %d are shown when the step ends%s",
-                    self.prefix,
-                    HEAD_LINES,
-                    TAIL_LINES,
-                    f", all of them are in {self.log_path}" if self.log_path else "",
-                )
+        self.count += 1
+        if self.count > HEAD_LINES + 1:
             self._tail.append(_shown(text))
+            return
+        self.logged += 1
+        if self.count <= HEAD_LINES:
+            self.logger.info("%s | %s", self.prefix, _shown(text))
+            return
+        self._tail.append(_shown(text))
+        self.logger.info(
+            "%s: more than %d lines; the last %d are shown when the step ends%s",
+            self.prefix,
+            HEAD_LINES,
+            TAIL_LINES,
+            f", all of them are in {self.log_path}" if self.log_path else "",
+        )
 
     def ended(self, result: CommandResult) -> None:
-        with self._lock:
-            hidden = self.count - HEAD_LINES - len(self._tail)
-            if hidden > 0:
-                self.logger.info("%s: ... %d lines not shown ...", self.prefix, hidden)
-            for text in self._tail:
-                self.logged += 1
-                self.logger.info("%s | %s", self.prefix, _shown(text))
-            self._tail.clear()
+        hidden = self.count - HEAD_LINES - len(self._tail)
+        if hidden > 0:
+            self.logger.info("%s: ... %d lines not shown ...", self.prefix, hidden)
+        for text in self._tail:
+            self.logged += 1
+            self.logger.info("%s | %s", self.prefix, text)
+        self._tail.clear()
         verdict = "timed out" if result.timed_out else f"exit {result.returncode}"
         self.logger.info(
             "%s: %s in %.1fs, %d lines of output",

@@ -61,16 +61,42 @@ class Page:
     def text(self) -> str:
         return str(self.evaluate("document.body ? document.body.innerText : ''") or "")
 
-    def wait_for_text(self, found: Callable[[str], bool], seconds: float) -> str:
+    def wait_for_text(
+        self, found: Callable[[str], bool], seconds: float, scroll: bool = False
+    ) -> str:
         """The page's text once ``found`` accepts it (the UI renders after its API calls)."""
         end = time.monotonic() + seconds
         text = ""
         while time.monotonic() < end:
+            if scroll:
+                self.scroll_to_end()
             text = self.text()
             if found(text):
                 return text
             time.sleep(0.5)
         raise AssertionError(f"page text never matched within {seconds}s:\n{text[-3000:]}")
+
+    def scroll_to_end(self) -> None:
+        """Scroll the window and every scrolling box to its end (the UI's log
+        list renders the rows in view only)."""
+        self.evaluate(
+            "(() => { for (const e of document.querySelectorAll('*')) {"
+            " if (e.scrollHeight > e.clientHeight + 4) e.scrollTop = e.scrollHeight; }"
+            " window.scrollTo(0, document.body.scrollHeight); })()"
+        )
+
+    def choose(self, option: str) -> bool:
+        """Pick ``option`` in the page's ``<select>`` that offers it, as a person
+        would (the ``change`` event the UI listens to); False when none does."""
+        script = (
+            "(() => { for (const s of document.querySelectorAll('select')) {"
+            " const i = [...s.options].findIndex(o => o.text.trim() === %s);"
+            " if (i >= 0) { s.selectedIndex = i;"
+            " s.dispatchEvent(new Event('input', {bubbles: true}));"
+            " s.dispatchEvent(new Event('change', {bubbles: true})); return true; } }"
+            " return false; })()"
+        ) % json.dumps(option)
+        return bool(self.evaluate(script))
 
     def screenshot(self, path: Path) -> None:
         data = self.call("Page.captureScreenshot", format="png")["data"]

@@ -81,7 +81,7 @@ def test_headline_names_failed_tests_in_one_line() -> None:
     tests = TestCounts(passed=3, failed=1, failures=(TestFailure("t.py::test_y", "boom\nx"),))
     unit = JobResult("unit", JobState.FAILED, 1.0, tests=tests, reason="1 failed")
     quality = JobResult("quality", JobState.FAILED, 1.0, reason="ruff (exit 1),\nmypy (exit 1)")
-    assert unit.headline() == "unit failed: 1 failed (t.py::test_y)"
+    assert unit.headline() == "unit failed: 1 failed (t.py::test_y: boom)"
     assert quality.headline() == "quality failed: ruff (exit 1), mypy (exit 1)"
     passed = JobResult("unit", JobState.PASSED, 1.0, tests=TestCounts(passed=3))
     assert passed.headline() == "unit passed: 3 passed"
@@ -164,7 +164,7 @@ def test_a_failing_job_logs_its_headline_and_the_failing_steps_tail(
         JobResult("unit", JobState.FAILED, 2.0, steps, tests, reason="1 failed"), logger
     )
     (message,) = handler.messages
-    assert message.startswith(f"unit failed: 1 failed ({FAILING_ID})\n")
+    assert message.startswith(f"unit failed: 1 failed ({FAILING_ID}: {ASSERTION})\n")
     assert message.endswith(f"FAILED {FAILING_ID} - {ASSERTION}")
     assert "out 60" not in message and "out 99" in message
     assert "JobResult(" not in message
@@ -234,9 +234,9 @@ def failed_run(prefect_server: str, sample_repos: dict[str, Path]) -> FailedRun:
         (repo / "cicd.yaml").write_text(CONFIG)
     with pytest.raises(PipelineFailed) as failed:
         pr_validation(repo=str(repo), ref=branch)
-    APILogHandler.flush()
+    APILogHandler().flush()
     commit = failed.value.report.commit
-    run_id = uuid.UUID(failed.value.report.to_json().get("flow_run", "") or _latest_run(branch))
+    run_id = uuid.UUID(_latest_run(branch))
     return FailedRun(run_id, branch, commit, failed.value)
 
 
@@ -287,7 +287,8 @@ def test_task_runs_are_named_after_their_jobs_in_pipeline_order(failed_run: Fail
     names = [t.name for t in task_runs]
     jobs = [name for name in names if name in ("quality", "unit")]
     assert jobs == ["quality", "unit"], names
-    assert names.index("quality") > names.index("checkout")
+    checkout = next(i for i, name in enumerate(names) if name.startswith("checkout"))
+    assert names.index("quality") > checkout
 
 
 @pytest.mark.slow
@@ -327,11 +328,19 @@ def test_browser_shows_the_failed_run_with_its_name_and_failing_test(
     _wait_for_logs(failed_run.id, [FAILING_ID, ASSERTION])
     ui = prefect_server.removesuffix("/api")
     name = f"agentkit@{failed_run.branch} · {failed_run.commit[:7]}"
-    with chromium_page() as page:
+    # Tall enough for the header and both failed jobs' logs in one screenshot.
+    with chromium_page(height=2300) as page:
         page.navigate(f"{ui}/runs/flow-run/{failed_run.id}")
+        # The header: the run's name with its branch and commit, and its state.
+        header = page.wait_for_text(lambda t: name in t and "Failed" in t, seconds=90)
+        assert "pr-validation" in header
+        # Its logs, at "Error and above" as one looks for why a run failed: the
+        # failing test's id and its assertion message, under the header.
+        assert page.choose("Error and above")
         text = page.wait_for_text(
-            lambda t: name in t and FAILING_ID in t and ASSERTION in t, seconds=90
+            lambda t: FAILING_ID in t and ASSERTION in t and "[quality:ruff] |" not in t,
+            seconds=60,
         )
-        assert "pr-validation" in text and "Failed" in text
+        assert "unit failed: 1 failed (tests.unit.test_capitals::test_agent_knows_capitals" in text
         page.screenshot(REPO_ROOT / "docs" / "failed-run.png")
     assert (REPO_ROOT / "docs" / "failed-run.png").stat().st_size > 10_000
