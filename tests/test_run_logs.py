@@ -344,3 +344,11 @@ def test_browser_shows_the_failed_run_with_its_name_and_failing_test(
         assert "unit failed: 1 failed (tests.unit.test_capitals::test_agent_knows_capitals" in text
         page.screenshot(REPO_ROOT / "docs" / "failed-run.png")
     assert (REPO_ROOT / "docs" / "failed-run.png").stat().st_size > 10_000
+
+
+def test_the_worker_of_cicd_up_sends_info_logs_to_the_ui(tmp_path: Path) -> None:
+    """`cicd` sets WARNING for its terminal; the worker's flow runs must not inherit it."""
+    from deployments.stack_processes import worker_env
+
+    env = worker_env("http://127.0.0.1:1/api", tmp_path, {"PREFECT_LOGGING_LEVEL": "WARNING"})
+    assert env["PREFECT_LOGGING_LEVEL"] == "INFO"
