@@ -11,7 +11,12 @@ newline. The process reports its own peak resident set (``VmHWM`` in /proc/self/
 https://man7.org/linux/man-pages/man5/proc_pid_status.5.html), which
 counts the whole output only if it was ever held in memory.
 
-    .venv/bin/python bench/output_memory.py [--before REV] [--megabytes 200]
+    .venv/bin/python bench/output_memory.py [--before REV] [--megabytes 200] [--cicd-run]
+
+``--cicd-run`` measures the whole ``cicd run pr-validation`` process instead, on a
+copy of the sample project whose one unit test prints the output and fails (pytest
+then prints what it captured: the whole output reaches the job), with a temporary
+Prefect server; its peak is read from /proc while it runs (``VmHWM`` only grows).
 """
 
 from __future__ import annotations
@@ -71,11 +76,15 @@ print(json.dumps({"module": command.__file__, "live_log": StepLog is not None,
 """
 
 
-def unpack(rev: str, into: Path) -> Path:
-    """The ``cicd`` package as it was at ``rev`` (``git archive``, nothing checked out)."""
+def unpack(rev: str, into: Path, whole: bool = False) -> Path:
+    """The ``cicd`` package (``whole``: every package) as it was at ``rev``
+    (``git archive``, nothing checked out)."""
     archive = into / "tree.tar"
+    packages = ["cicd", "flows", "tasks", "deployments"] if whole else ["cicd"]
     with archive.open("wb") as handle:
-        subprocess.run(["git", "-C", str(ROOT), "archive", rev, "cicd"], stdout=handle, check=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, *packages], stdout=handle, check=True
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(into / "tree", filter="data")
     return into / "tree"
@@ -100,18 +109,100 @@ def measure(tree: Path, megabytes: int, shape: str, scratch: Path) -> dict[str, 
     return result
 
 
+FLOOD_TEST = """import sys
+
+
+def test_floods_its_output() -> None:
+    line = "x" * 99 + "\\n"
+    for _ in range({lines}):
+        sys.stdout.write(line)
+    assert False, "flooded"
+"""
+
+FLOOD_CONFIG = """version: 1
+environment: {extras: [dev]}
+tests:
+  unit: {paths: [tests/unit/test_flood.py], timeout: 1800}
+pipelines:
+  pr-validation: {suites: [unit]}
+"""
+
+
+def flood_repo(root: Path, megabytes: int) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from cicd.sample import commit_all, create_sample_repo
+
+    repo = create_sample_repo(root / "flood")
+    (repo / "tests" / "unit" / "test_flood.py").write_text(
+        FLOOD_TEST.format(lines=megabytes * 10_000)
+    )
+    (repo / "cicd.yaml").write_text(FLOOD_CONFIG)
+    commit_all(repo, "test: flood")
+    return repo
+
+
+def measure_cicd_run(tree: Path, repo: Path, home: Path) -> dict[str, object]:
+    import os
+
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "CICD_"))
+    }
+    env.update(
+        PYTHONPATH=str(tree),
+        CICD_HOME=str(home / "cicd"),
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    entry = "import sys; from cicd.cli.main import main; sys.exit(main())"
+    argv = [sys.executable, "-c", entry, "run", "pr-validation", "--repo", str(repo), "--json"]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    peak_kb = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            text = status.read_text()
+        except OSError:
+            break
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                peak_kb = max(peak_kb, int(line.split()[1]))
+        time.sleep(0.1)
+    out, _ = proc.communicate()
+    took = time.monotonic() - started
+    logs = sorted((home / "cicd" / "runs").glob("pr-validation-*/logs/unit.log"))
+    report = json.loads(out) if out.strip().startswith("{") else {}
+    return {
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "seconds": round(took, 1),
+        "exit": proc.returncode,
+        "unit": next((j.get("state") for j in report.get("jobs", [])), None),
+        "job_log_mb": round(logs[-1].stat().st_size / 2**20, 1) if logs else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="git revision of the old code path (e.g. main)")
     parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--cicd-run", action="store_true", help="measure `cicd run` as a whole")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="cicd-bench-output-") as tmp:
         scratch = Path(tmp)
         trees = {"after": ROOT}
         if args.before:
-            trees = {"before": unpack(args.before, scratch), **trees}
-        for label, tree in trees.items():
+            trees = {"before": unpack(args.before, scratch, args.cicd_run), **trees}
+        if args.cicd_run:
+            repo = flood_repo(scratch, args.megabytes)
+            for label, tree in trees.items():
+                # One home for both: the environment is built once, by the first.
+                row = {"code": label, **measure_cicd_run(tree, repo, scratch)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        for label, tree in trees.items() if not args.cicd_run else ():
             for shape in ("lines", "one-line"):
                 row = {
                     "code": label,

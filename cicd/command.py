@@ -430,7 +430,8 @@ def run(
         except BaseException:
             # KeyboardInterrupt, Prefect's termination signal: never leave the group behind.
             terminate_group(proc.pid, grace=2.0, leader=proc)
-            follower.finish()
+            with contextlib.suppress(Exception):  # the interruption is what to report
+                follower.finish()
             raise
         finally:
             if proc.stdin is not None:
