@@ -11,7 +11,8 @@ newline. The process reports its own peak resident set (``VmHWM`` in /proc/self/
 https://man7.org/linux/man-pages/man5/proc_pid_status.5.html), which
 counts the whole output only if it was ever held in memory.
 
-    .venv/bin/python bench/output_memory.py [--before REV] [--megabytes 200] [--cicd-run]
+    .venv/bin/python bench/output_memory.py [--before REV] [--megabytes 200]
+        [--cicd-run [--shape lines|one-line]]
 
 ``--cicd-run`` measures the whole ``cicd run pr-validation`` process instead, on a
 copy of the sample project whose one unit test prints the output and fails (pytest
@@ -113,9 +114,9 @@ FLOOD_TEST = """import sys
 
 
 def test_floods_its_output() -> None:
-    line = "x" * 99 + "\\n"
-    for _ in range({lines}):
-        sys.stdout.write(line)
+    chunk = {chunk}
+    for _ in range({count}):
+        sys.stdout.write(chunk)
     assert False, "flooded"
 """
 
@@ -128,13 +129,17 @@ pipelines:
 """
 
 
-def flood_repo(root: Path, megabytes: int) -> Path:
+def flood_repo(root: Path, megabytes: int, shape: str) -> Path:
     sys.path.insert(0, str(ROOT))
     from cicd.sample import commit_all, create_sample_repo
 
     repo = create_sample_repo(root / "flood")
+    if shape == "lines":
+        chunk, count = '"x" * 99 + "\\n"', megabytes * 10_000
+    else:
+        chunk, count = '"y" * 1_000_000', megabytes
     (repo / "tests" / "unit" / "test_flood.py").write_text(
-        FLOOD_TEST.format(lines=megabytes * 10_000)
+        FLOOD_TEST.format(chunk=chunk, count=count)
     )
     (repo / "cicd.yaml").write_text(FLOOD_CONFIG)
     commit_all(repo, "test: flood")
@@ -188,6 +193,7 @@ def main() -> None:
     parser.add_argument("--before", help="git revision of the old code path (e.g. main)")
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--cicd-run", action="store_true", help="measure `cicd run` as a whole")
+    parser.add_argument("--shape", choices=("lines", "one-line"), default="lines")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="cicd-bench-output-") as tmp:
@@ -196,10 +202,10 @@ def main() -> None:
         if args.before:
             trees = {"before": unpack(args.before, scratch, args.cicd_run), **trees}
         if args.cicd_run:
-            repo = flood_repo(scratch, args.megabytes)
+            repo = flood_repo(scratch, args.megabytes, args.shape)
             for label, tree in trees.items():
                 # One home for both: the environment is built once, by the first.
-                row = {"code": label, **measure_cicd_run(tree, repo, scratch)}
+                row = {"code": label, "shape": args.shape, **measure_cicd_run(tree, repo, scratch)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         for label, tree in trees.items() if not args.cicd_run else ():

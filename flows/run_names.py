@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -62,6 +62,23 @@ def branch_label(ref: str) -> str:
 
 def run_name(flow: str, repo: str, ref: str, commit: str) -> str:
     return f"{flow}{SEPARATOR}{repo_label(repo)}@{branch_label(ref)}{SEPARATOR}{commit[:SHORT_SHA]}"
+
+
+def planned_name(flow: str) -> Callable[[], str]:
+    """A ``flow_run_name`` for the decorator: ``pr-validation · owner/repo@branch``
+    from the run's parameters, until the checkout adds the commit."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        parameters = flow_run.parameters or {}
+        repo, ref = parameters.get("repo"), parameters.get("ref")
+        if not repo:
+            return flow
+        at = f"@{branch_label(str(ref))}" if ref else ""
+        return f"{flow}{SEPARATOR}{repo_label(str(repo))}{at}"
+
+    return name
 
 
 def event_of(tags: Iterable[str], deployment_id: Any, auto_scheduled: bool) -> str:
