@@ -177,7 +177,11 @@ def measure_cicd_run(tree: Path, repo: Path, home: Path) -> dict[str, object]:
         time.sleep(0.1)
     out, _ = proc.communicate()
     took = time.monotonic() - started
-    logs = sorted((home / "cicd" / "runs").glob("pr-validation-*/logs/unit.log"))
+    # This run's log: the newest (both trees share the home).
+    logs = sorted(
+        (home / "cicd" / "runs").glob("pr-validation-*/logs/unit.log"),
+        key=lambda path: path.stat().st_mtime,
+    )
     report = json.loads(out) if out.strip().startswith("{") else {}
     return {
         "peak_rss_mb": round(peak_kb / 1024, 1),

@@ -352,3 +352,36 @@ def test_the_worker_of_cicd_up_sends_info_logs_to_the_ui(tmp_path: Path) -> None
 
     env = worker_env("http://127.0.0.1:1/api", tmp_path, {"PREFECT_LOGGING_LEVEL": "WARNING"})
     assert env["PREFECT_LOGGING_LEVEL"] == "INFO"
+
+
+def test_a_huge_report_is_masked_without_reading_it_whole(tmp_path: Path) -> None:
+    """The JUnit XML of a test that printed its output (``junit_logging``) can be
+    as large as that output: masked a piece at a time, secrets across the file."""
+    from cicd import masking
+
+    secret = f"pw-{uuid.uuid4().hex}"
+    masking.register([secret])
+    report = tmp_path / "junit.xml"
+    line = "x" * 99 + "\n"
+    with report.open("w") as handle:
+        handle.write(f"<testsuite>{secret}\n")
+        for _ in range(20):
+            handle.write(line * 10_000)
+            handle.write(f"near {secret} here\n")
+        # A secret in a long run without newline, across where a piece is cut.
+        handle.write("y" * (4 * 2**20 - 10) + secret + "y" * 5_000_000 + secret + "</testsuite>")
+    size = report.stat().st_size
+    tracemalloc.start()
+    try:
+        masking.mask_file(report)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    text = report.read_text()
+    assert secret not in text and text.count("near *** here") == 20, text[:200]
+    assert text.startswith("<testsuite>***\n") and text.endswith("***</testsuite>")
+    assert text.count("y***y") == 1
+    assert abs(report.stat().st_size - size) < 24 * len(secret)
+    assert peak < 3 * 9_000_000 + 2**23, (
+        f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB file"
+    )
