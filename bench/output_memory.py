@@ -158,6 +158,7 @@ def measure_cicd_run(tree: Path, repo: Path, home: Path) -> dict[str, object]:
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
+    since_records = prefect_logs(home / "prefect" / "prefect.db", (0, 0))
     entry = "import sys; from cicd.cli.main import main; sys.exit(main())"
     argv = [sys.executable, "-c", entry, "run", "pr-validation", "--repo", str(repo), "--json"]
     started = time.monotonic()
@@ -177,6 +178,7 @@ def measure_cicd_run(tree: Path, repo: Path, home: Path) -> dict[str, object]:
         time.sleep(0.1)
     out, _ = proc.communicate()
     took = time.monotonic() - started
+    records, log_bytes = prefect_logs(home / "prefect" / "prefect.db", since_records)
     # This run's log: the newest (both trees share the home).
     logs = sorted(
         (home / "cicd" / "runs").glob("pr-validation-*/logs/unit.log"),
@@ -189,7 +191,23 @@ def measure_cicd_run(tree: Path, repo: Path, home: Path) -> dict[str, object]:
         "exit": proc.returncode,
         "unit": next((j.get("state") for j in report.get("jobs", [])), None),
         "job_log_mb": round(logs[-1].stat().st_size / 2**20, 1) if logs else None,
+        "prefect_log_records": records,
+        "prefect_log_mb": round(log_bytes / 2**20, 2),
     }
+
+
+def prefect_logs(database: Path, before: tuple[int, int]) -> tuple[int, int]:
+    """Log records in the temporary server's SQLite database, and their bytes,
+    beyond ``before`` (the two trees share one home)."""
+    import sqlite3
+
+    if not database.exists():
+        return before
+    with sqlite3.connect(database) as db:
+        count, size = db.execute(
+            "SELECT count(*), coalesce(sum(length(message)), 0) FROM log"
+        ).fetchone()
+    return count - before[0], size - before[1]
 
 
 def main() -> None:
