@@ -89,13 +89,13 @@ class Page:
         """Pick ``option`` in the page's ``<select>`` that offers it, as a person
         would (the ``change`` event the UI listens to); False when none does."""
         script = (
-            "(() => { for (const s of document.querySelectorAll('select')) {"
-            " const i = [...s.options].findIndex(o => o.text.trim() === %s);"
+            "(wanted => { for (const s of document.querySelectorAll('select')) {"
+            " const i = [...s.options].findIndex(o => o.text.trim() === wanted);"
             " if (i >= 0) { s.selectedIndex = i;"
             " s.dispatchEvent(new Event('input', {bubbles: true}));"
             " s.dispatchEvent(new Event('change', {bubbles: true})); return true; } }"
-            " return false; })()"
-        ) % json.dumps(option)
+            " return false; })(" + json.dumps(option) + ")"
+        )
         return bool(self.evaluate(script))
 
     def screenshot(self, path: Path) -> None:
