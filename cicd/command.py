@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import io
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -45,10 +43,16 @@ TIMEOUT_GRACE_SECONDS = 0.5
 # How long we wait for SIGKILLed processes to be gone (they can sit in
 # uninterruptible sleep, e.g. on a hung NFS mount) before giving up.
 KILL_WAIT_SECONDS = 1.0
-# Output kept in memory per command; the full output goes to the log file.
+# Output kept in memory per command (the tail); the rest goes to the log file.
 OUTPUT_TAIL_CHARS = 20_000
-# A UTF-8 character is at most 4 bytes: this many bytes hold the tail.
-_TAIL_BYTES = 4 * OUTPUT_TAIL_CHARS
+# A step's output kept in its log file: beyond this, only a notice and the tail,
+# so that a job printing gigabytes cannot fill the disk of the worker either.
+MAX_LOG_BYTES = 64 * 2**20
+# The longest line handled as one: a longer one is cut into pieces of this size.
+MAX_LINE_BYTES = 64 * 2**10
+# How much output is read at a time, and how often a running command is looked at.
+_READ_BYTES = 256 * 2**10
+_FOLLOW_SECONDS = 0.05
 # Polling of a dying group starts fast (most processes exit within a few ms
 # of SIGTERM) and backs off; a check that scans /proc waits at least
 # _POLL_COST_FACTOR times its own cost, so polling takes at most about a
@@ -76,6 +80,10 @@ class CommandResult:
     output: str
     duration: float
     timed_out: bool = False
+    # Lines of output in all (``output`` holds only the last of them).
+    lines: int = 0
+    # Where the whole (masked, bounded) output was written, when it was.
+    log_path: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -246,44 +254,116 @@ atexit.register(kill_all, close=True)
 # --- running a command --------------------------------------------------------
 
 
-def _read_tail(sink: IO[bytes]) -> str:
-    """The last :data:`OUTPUT_TAIL_CHARS` characters of ``sink``, reading
-    at most :data:`_TAIL_BYTES` bytes of it (output can be gigabytes)."""
-    size = sink.seek(0, os.SEEK_END)
-    start = max(0, size - _TAIL_BYTES)
-    sink.seek(start)
-    data = sink.read()
-    if start > 0:
-        # We may have cut a character in two: drop its continuation bytes.
-        cut = 0
-        while cut < min(3, len(data)) and data[cut] & 0xC0 == 0x80:
-            cut += 1
-        data = data[cut:]
-    return masking.mask(data.decode("utf-8", errors="replace")[-OUTPUT_TAIL_CHARS:])
+def _masked_line(data: bytes) -> str:
+    return masking.mask(data.decode("utf-8", errors="replace"))
 
 
-def _append_log(
-    log_path: Path,
-    argv: tuple[str, ...],
-    sink: IO[bytes],
-    footer: str,
-) -> None:
-    """Copy the whole output to the log, streaming (never all in memory), with
-    every secret in use masked (a test may print the password it was given)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sink.seek(0)
-    with log_path.open("a", encoding="utf-8") as log:
-        log.write(masking.mask(f"$ {' '.join(argv)}\n"))
-        text = io.TextIOWrapper(sink, encoding="utf-8", errors="replace", newline="")
+class _OutputFollower(threading.Thread):
+    """Follows a command's output file while it runs, in bounded memory.
+
+    The command writes to an unlinked temporary file (see :func:`run` for why
+    not a pipe). This thread reads what was written with ``pread`` (which
+    leaves the file offset the child writes at untouched), splits it into
+    lines, masks them and hands them on: to the log file (at most
+    :data:`MAX_LOG_BYTES` of a step, then a notice and the tail), to ``on_line``
+    (live logs) and to a tail of :data:`OUTPUT_TAIL_CHARS` characters. A line
+    longer than :data:`MAX_LINE_BYTES` is cut into pieces, so a step printing
+    200 MB without a newline costs no more memory than one printing lines.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        log: IO[str] | None,
+        on_line: Callable[[str], None] | None,
+    ) -> None:
+        super().__init__(name="cicd-output", daemon=True)
+        self._fd = fd
+        self._log = log
+        self._on_line = on_line
+        self._offset = 0
+        self._pending = bytearray()
+        self._done = threading.Event()
+        self._tail = ""
+        self.lines = 0
+        self.logged_bytes = 0
+        self.omitted_bytes = 0
+        self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        """Read what is left (the command is gone) and stop."""
+        self._done.set()
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
         try:
-            if masking.registered():
-                for line in text:
-                    log.write(masking.mask(line))
+            while True:
+                finished = self._done.is_set()  # read before the last pread
+                data = os.pread(self._fd, _READ_BYTES, self._offset)
+                if data:
+                    self._offset += len(data)
+                    self._feed(data)
+                elif finished:
+                    break
+                else:
+                    self._done.wait(_FOLLOW_SECONDS)
+            if self._pending:
+                self._block(bytes(self._pending), complete=False)
+                self._pending.clear()
+        except BaseException as exc:  # handed to the caller by finish()
+            self.error = exc
+
+    def _feed(self, data: bytes) -> None:
+        self._pending += data
+        end = self._pending.rfind(b"\n") + 1
+        if end:
+            # Every complete line at once: decoding, masking and writing a block
+            # costs a fraction of doing it line by line (output can be gigabytes).
+            self._block(bytes(self._pending[:end]), complete=True)
+            del self._pending[:end]
+        while len(self._pending) > MAX_LINE_BYTES:
+            # Cut at the last space of the piece when there is one, so that a
+            # secret (a word) is not split in two and missed by the masking,
+            # and never inside a UTF-8 character.
+            cut = self._pending.rfind(b" ", 0, MAX_LINE_BYTES) + 1 or MAX_LINE_BYTES
+            while cut > 1 and self._pending[cut] & 0xC0 == 0x80:
+                cut -= 1
+            self._block(bytes(self._pending[:cut]), complete=False)
+            del self._pending[:cut]
+
+    def _block(self, data: bytes, complete: bool) -> None:
+        """Complete lines (``complete``), or a piece of a longer line."""
+        text = _masked_line(data)
+        if self._log is not None:
+            if not self.omitted_bytes and self.logged_bytes + len(data) <= MAX_LOG_BYTES:
+                self._log.write(text)
+                self.logged_bytes += len(data)
             else:
-                shutil.copyfileobj(text, log)
-        finally:
-            text.detach()  # the sink is closed by its owner
-        log.write(footer)
+                self.omitted_bytes += len(data)
+        self._tail = (self._tail + text)[-OUTPUT_TAIL_CHARS:]
+        self.lines += text.count("\n")
+        if self._on_line is not None:
+            lines = text.split("\n")
+            if complete:
+                lines.pop()  # what follows the last newline: nothing
+            for line in lines:
+                self._on_line(line.rstrip("\r"))
+
+    def output(self) -> str:
+        return self._tail
+
+
+def _log_footer(follower: _OutputFollower) -> str:
+    """What ends a step's log: when it was cut, the notice and the tail."""
+    if not follower.omitted_bytes:
+        return ""
+    tail = follower.output()
+    return (
+        f"[cicd] output cut: {follower.omitted_bytes} bytes after the first {MAX_LOG_BYTES} "
+        f"are not kept; the last {len(tail)} characters follow\n{tail}"
+    )
 
 
 def run(
@@ -294,6 +374,7 @@ def run(
     timeout: float | None = None,
     log_path: Path | None = None,
     stdin_data: str | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> CommandResult:
     """Run ``argv`` to completion and return the tail of its combined output.
 
@@ -303,13 +384,22 @@ def run(
     Output goes to a temporary file, not a pipe: a pipe stays open while any
     background process the command started holds it, so waiting for EOF
     would wait for that daemon too. We wait for the leader, then kill the
-    rest of its group.
+    rest of its group. While it runs, the output is followed line by line
+    (:class:`_OutputFollower`): masked into ``log_path``, passed to
+    ``on_line`` (from another thread) and kept in memory only as a tail.
     """
     argv = tuple(str(a) for a in argv)
     if _closed.is_set():
-        raise Cancelled(f"not started, the run is shutting down: {' '.join(argv)}")
+        raise Cancelled(masking.mask(f"not started, the run is shutting down: {' '.join(argv)}"))
     start = time.monotonic()
-    with tempfile.TemporaryFile("w+b") as sink:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(tempfile.TemporaryFile("w+b"))
+        log: IO[str] | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = stack.enter_context(log_path.open("a", encoding="utf-8"))
+            log.write(masking.mask(f"$ {' '.join(argv)}\n"))
+        follower = _OutputFollower(sink.fileno(), log, on_line)
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -325,7 +415,10 @@ def run(
             # not see this group, so it is ours to end.
             terminate_group(proc.pid, grace=0.0, leader=proc)
             unregister_group(proc.pid)
-            raise Cancelled(f"stopped at its start, the run is shutting down: {' '.join(argv)}")
+            raise Cancelled(
+                masking.mask(f"stopped at its start, the run is shutting down: {' '.join(argv)}")
+            )
+        follower.start()
         timed_out = False
         group_gone = True
         try:
@@ -345,26 +438,30 @@ def run(
         except BaseException:
             # KeyboardInterrupt, Prefect's termination signal: never leave the group behind.
             terminate_group(proc.pid, grace=2.0, leader=proc)
+            with contextlib.suppress(Exception):  # the interruption is what to report
+                follower.finish()
             raise
         finally:
             if proc.stdin is not None:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
             unregister_group(proc.pid)
+        follower.finish()
         duration = time.monotonic() - start
-        out = _read_tail(sink)
-        if log_path is not None:
-            footer = ""
+        if log is not None:
+            footer = _log_footer(follower)
             if timed_out:
                 footer += f"\n[cicd] timed out after {timeout:g}s; process group killed\n"
             if not group_gone:
                 footer += "[cicd] some processes of its group did not exit after SIGKILL\n"
             footer += f"[cicd] exit {proc.returncode} in {duration:.2f}s\n"
-            _append_log(log_path, argv, sink, footer)
+            log.write(footer)
     return CommandResult(
         argv=argv,
         returncode=proc.returncode,
-        output=out,
+        output=follower.output(),
         duration=duration,
         timed_out=timed_out,
+        lines=follower.lines,
+        log_path=log_path,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import re
 import threading
 import urllib.parse
@@ -152,14 +153,52 @@ def mask_json(value: Any) -> Any:
     return REGISTRY.mask_json(value)
 
 
+# mask_file reads this many characters at a time; a piece with no newline in
+# _MASK_FILE_SPAN characters is masked as it is.
+_MASK_FILE_CHUNK = 2**20
+_MASK_FILE_SPAN = 4 * _MASK_FILE_CHUNK
+
+
 def mask_file(path: Path) -> None:
-    """Rewrite ``path`` (a report a tool wrote, e.g. JUnit XML) with secrets masked."""
+    """Rewrite ``path`` (a report a tool wrote, e.g. JUnit XML) with secrets masked.
+
+    Streamed, a piece ending at a newline at a time (a secret holds no newline),
+    so that a report of a test that printed 200 MB (``junit_logging``) is not
+    read into memory whole; the file is replaced only when something was masked.
+    """
     if not REGISTRY.secrets or not path.is_file():
         return
-    text = path.read_text(encoding="utf-8", errors="replace")
-    masked = mask(text)
-    if masked != text:
-        path.write_text(masked, encoding="utf-8")
+    changed = False
+    masked_path = path.with_name(f".{path.name}.masked")
+    try:
+        with (
+            path.open(encoding="utf-8", errors="replace", newline="") as source,
+            masked_path.open("w", encoding="utf-8", newline="") as target,
+        ):
+            # Without a newline, the cut leaves the last ``longest - 1`` characters for
+            # the next piece: a secret that starts in them is masked there, whole.
+            longest = max(
+                len(form) for secret in REGISTRY.secrets for form in encoded_forms(secret)
+            )
+            pending = ""
+            while chunk := source.read(_MASK_FILE_CHUNK):
+                pending += chunk
+                cut = pending.rfind("\n") + 1
+                if not cut:
+                    if len(pending) < _MASK_FILE_SPAN:
+                        continue
+                    cut = len(pending) - longest + 1
+                piece, pending = pending[:cut], pending[cut:]
+                masked = mask(piece)
+                changed = changed or masked != piece
+                target.write(masked)
+            masked = mask(pending)
+            changed = changed or masked != pending
+            target.write(masked)
+        if changed:
+            os.replace(masked_path, path)
+    finally:
+        masked_path.unlink(missing_ok=True)
 
 
 def install_filter(logger_names: Iterable[str] = PREFECT_LOGGERS) -> MaskingFilter:

@@ -13,6 +13,11 @@ from typing import Any
 from cicd import masking
 from cicd.errors import CicdError
 
+# A job's headline names at most this many failed tests, in at most this many characters.
+HEADLINE_TESTS = 3
+HEADLINE_CHARS = 400
+HEADLINE_MESSAGE_CHARS = 100
+
 
 class JobState(enum.StrEnum):
     PASSED = "passed"
@@ -53,6 +58,15 @@ class TestFailure:
     message: str
 
 
+def _named(failure: TestFailure) -> str:
+    """``tests.x::test_y: first line of its message`` (cut), for a headline."""
+    lines = failure.message.strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > HEADLINE_MESSAGE_CHARS:
+        message = message[: HEADLINE_MESSAGE_CHARS - 3] + "..."
+    return f"{failure.name}: {message}" if message else failure.name
+
+
 @dataclass(frozen=True)
 class TestCounts:
     __test__ = False
@@ -84,6 +98,22 @@ class JobResult:
     section: str = ""
     # The flow run that computed this result: another run's when it is served from the cache.
     origin: str = ""
+
+    def headline(self) -> str:
+        """The job's end in one line: ``unit failed: 1 failed (tests/x.py::test_y)``."""
+        words = self.state.value.replace("_", " ")
+        detail = " ".join(self.reason.split())  # one line, whatever the reason held
+        if self.tests is not None and self.tests.failures and not self.state.ok:
+            names = [_named(failure) for failure in self.tests.failures[:HEADLINE_TESTS]]
+            more = len(self.tests.failures) - len(names)
+            shown = ", ".join(names) + (f" and {more} more" if more > 0 else "")
+            detail = f"{detail} ({shown})" if detail else shown
+        elif self.tests is not None and self.state.ok:
+            detail = f"{self.tests.passed} passed" + (f"; {detail}" if detail else "")
+        headline = f"{self.name} {words}" + (f": {detail}" if detail else "")
+        if len(headline) > HEADLINE_CHARS:
+            headline = headline[: HEADLINE_CHARS - 3] + "..."
+        return masking.mask(headline)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -158,8 +188,14 @@ class PipelineFailed(CicdError):
 
     def __init__(self, report: PipelineReport) -> None:
         self.report = report
-        failed = [job.name for job in report.jobs if not job.state.ok]
-        super().__init__(f"{report.flow} failed: {', '.join(failed)}")
+        super().__init__(failure_message(report))
 
     def __reduce__(self) -> tuple[type[PipelineFailed], tuple[PipelineReport]]:
         return (type(self), (self.report,))
+
+
+def failure_message(report: PipelineReport) -> str:
+    """Which jobs failed and why, in one line (the flow run's state message):
+    ``unit failed: 1 failed (tests/x.py::test_y); quality failed: ruff (exit 1)``."""
+    failed = [job.headline() for job in report.jobs if not job.state.ok]
+    return "; ".join(failed) or f"{report.flow} failed"

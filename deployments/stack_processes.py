@@ -24,6 +24,8 @@ from cicd import command
 from cicd.errors import InfrastructureError
 from deployments.stack_state import ProcessRecord, StopResult, is_running, process_start_time
 
+# What the worker's flow runs send to the Prefect UI: job steps, verdicts, states.
+WORKER_LOGGING_LEVEL = "INFO"
 # The worker's poll interval: the default 10 s adds up to 10 s to every run start.
 WORKER_QUERY_SECONDS = "2"
 PREFECT_FILE = "prefect.yaml"
@@ -91,6 +93,10 @@ def worker_env(
     env = base_env(api_url, source)
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", WORKER_QUERY_SECONDS)
     env["CICD_HOME"] = str(cicd_home)
+    # `cicd` sets WARNING for its own terminal (cicd/cli/prefect_settings.py) and
+    # `cicd up` would pass it on: flow runs of the worker would then send only
+    # errors to the UI. Nobody reads a worker's terminal; its runs log at INFO.
+    env["PREFECT_LOGGING_LEVEL"] = WORKER_LOGGING_LEVEL
     return env
 
 

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cicd.config import NotifyConfig, PipelineConfig, load_config_file
+from flows.run_names import name_current_run
 from tasks.cost_report import alert_thresholds, render_markdown, summary_text, weekly_report
 from tasks.llm.costs import CostStore
 from tasks.notify import notify
@@ -39,6 +40,7 @@ def cost_report(
     config: str | None = None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
+    name_current_run(FLOW_NAME, None)  # "cost-report · 2026-12-01 06:00 UTC", event tag
     settings = load_config_file(Path(config)) if config else PipelineConfig()
     flow_alert_usd, config_week_alert_usd = alert_thresholds(settings)
     if week_alert_usd is None:

@@ -17,6 +17,7 @@ from cicd.config import LlmMode, PipelineConfig
 from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome
 from flows.opening import open_pipeline
+from flows.run_names import planned_name
 from tasks.benchmarks import JOB_NAME as BENCHMARK_JOB
 from tasks.benchmarks import BenchmarkJob
 from tasks.job_runner import collect, passed_before, run_job, submit_all
@@ -38,7 +39,12 @@ def integration_suites(config: PipelineConfig) -> list[str]:
     return [name for name, suite in config.tests.items() if suite.llm]
 
 
-@flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
+@flow(
+    name=FLOW_NAME,
+    flow_run_name=planned_name(FLOW_NAME),
+    task_runner=JOB_RUNNER,
+    log_prints=True,
+)
 def integration(
     repo: str, ref: str = "HEAD", base: str | None = None, llm_mode: LlmMode | None = None
 ) -> FlowOutcome:

@@ -17,6 +17,7 @@ from cicd.config import LlmMode, PipelineConfig, SuiteConfig
 from cicd.results import JobResult, PipelineReport
 from flows.gate import FlowOutcome
 from flows.opening import open_pipeline
+from flows.run_names import planned_name
 from tasks.environments import tool_packages
 from tasks.job import Job
 from tasks.job_runner import collect, run_job, submit_all
@@ -55,7 +56,12 @@ def failure_message(report: PipelineReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
+@flow(
+    name=FLOW_NAME,
+    flow_run_name=planned_name(FLOW_NAME),
+    task_runner=JOB_RUNNER,
+    log_prints=True,
+)
 def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> FlowOutcome:
     logger = get_run_logger()
     with open_pipeline(FLOW_NAME, repo, ref) as opened:

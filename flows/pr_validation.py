@@ -21,6 +21,7 @@ from cicd.config import PipelineConfig
 from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome
 from flows.opening import Opened, open_pipeline
+from flows.run_names import planned_name
 from tasks.job import Job
 from tasks.job_runner import collect, passed_before, run_job, submit_all
 from tasks.quality import quality_jobs
@@ -64,7 +65,12 @@ def mock_llm(
     return llm_session(config, mode, opened.run, opened.checkout, ref, settings.budget_usd)
 
 
-@flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
+@flow(
+    name=FLOW_NAME,
+    flow_run_name=planned_name(FLOW_NAME),
+    task_runner=JOB_RUNNER,
+    log_prints=True,
+)
 def pr_validation(
     repo: str,
     ref: str = "HEAD",

@@ -24,6 +24,7 @@ from cicd.git import clone_workspace, commit_timestamp
 from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome
 from flows.opening import open_pipeline
+from flows.run_names import planned_name
 from tasks import changelog, packaging, publishing
 from tasks.job_runner import collect, run_job, submit_all
 from tasks.release_jobs import (
@@ -53,7 +54,12 @@ def stopped(results: list[JobResult], reason: str) -> list[JobResult]:
     return [*results, JobResult(PUBLISH_JOB, JobState.SKIPPED, 0.0, reason=reason)]
 
 
-@flow(name=FLOW_NAME, task_runner=JOB_RUNNER, log_prints=True)
+@flow(
+    name=FLOW_NAME,
+    flow_run_name=planned_name(FLOW_NAME),
+    task_runner=JOB_RUNNER,
+    log_prints=True,
+)
 def release(
     repo: str, ref: str, dry_run: bool = False, repository_url: str | None = None
 ) -> FlowOutcome:

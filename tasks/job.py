@@ -23,6 +23,7 @@ from cicd.runs import PipelineRun
 from cicd.sandbox import kill_note
 from cicd.sandbox_step import confine_step
 from tasks import progress
+from tasks.step_logs import StepLog, run_logger
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,13 @@ def run_step(
     env: Mapping[str, str],
     deadline: Deadline,
     log_path: Path | None = None,
+    job: str | None = None,
 ) -> StepResult:
     """One command of a job, within what is left of the job's deadline.
+
+    The command and, live, its output go to the run's logs (``tasks.step_logs``,
+    bounded per step; ``log_path`` keeps the whole output, named by the job
+    ``job``, default the log file's name).
 
     Raises ``command.Cancelled`` when the run is being torn down, also when the
     command was killed by that teardown: its exit status is not a verdict.
@@ -119,6 +125,8 @@ def run_step(
         return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
     progress.step_started(name, " ".join(argv))
     started = time.monotonic()
+    job_name = job or (log_path.stem if log_path is not None else "job")
+    live = StepLog(job_name, name, " ".join(argv), log_path, run_logger())
     try:
         # Confined (cicd/sandbox.py): the step sees its workspace, not the worker.
         with confine_step(argv, cwd, env) as (confined_argv, confined_env):
@@ -128,13 +136,16 @@ def run_step(
                 env=confined_env,
                 timeout=deadline.remaining(),
                 log_path=log_path,
+                on_line=live.line,
             )
     except FileNotFoundError as exc:
+        live.logger.error("%s: %s", live.prefix, exc)
         progress.step_finished(name, 127, time.monotonic() - started, False)
         return StepResult(name, " ".join(argv), 127, 0.0, output_tail=str(exc))
     except BaseException:
         progress.step_finished(name, -1, time.monotonic() - started, False)
         raise
+    live.ended(result)
     progress.step_finished(name, result.returncode, result.duration, result.timed_out)
     if not result.ok and command.closed():
         raise command.Cancelled(f"{name} was stopped: the run is shutting down")

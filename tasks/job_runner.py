@@ -146,11 +146,13 @@ def keep_out_of_cache() -> None:
 def job_task(job: Job, run: PipelineRun, workspace: Path) -> JobOutcome:
     """A job as a Prefect task: its own state, its artifact, its cache entry."""
     from tasks.reports import publish_job_artifact
+    from tasks.step_logs import log_job_end
 
     with progress.job_running(job.name):
         result = execute(job, JobContext(run, workspace, Deadline(job.timeout)))
     run.record(result)
     progress.job_finished(result)
+    log_job_end(result)
     try:
         publish_job_artifact(run.flow, result)
     except Exception as exc:
@@ -163,12 +165,13 @@ def job_task(job: Job, run: PipelineRun, workspace: Path) -> JobOutcome:
         return result
     # A Failed state, not an exception: a failing test is the job's answer, not
     # an error of ours, and needs no traceback in the logs.
-    return Failed(message=f"{result.name} {result.state.value}: {result.reason}", data=result)
+    return Failed(message=result.headline(), data=result)
 
 
 def task_run_name(job: Job) -> str:
-    """The job's name in the Prefect UI: ``tests-unit``, ``quality``, ``matrix-py3.12``."""
-    return job.name if job.name.startswith(job.kind) else f"{job.kind}-{job.name}"
+    """The job's name in the Prefect UI, as in reports: ``quality``, ``unit``,
+    ``framework``, ``matrix-py3.12`` (its kind is the task's name)."""
+    return job.name
 
 
 def submit(job: Job, run: PipelineRun, workspace: Path) -> JobFuture:

@@ -465,7 +465,7 @@ def test_prefect_deployment_run_of_pr_validation_completes(
         )
     # Job task runs are named after their jobs (tasks/job_runner.task_run_name).
     states = {t.name: t.state_name for t in task_runs}
-    for job in ("quality", "tests-unit", "tests-framework"):
+    for job in ("quality", "unit", "framework"):
         assert states.get(job) in ("Completed", "Cached"), states
 
 
