@@ -97,6 +97,20 @@ def run_tags(repo: str, ref: str, event: str) -> list[str]:
     return [" ".join(tag.split())[:_TAG_CHARS] for tag in tags]
 
 
+def named_ref(checkout: Checkout) -> str:
+    """The ref as given, except ``HEAD``: the branch the repository's HEAD names
+    (in the mirror, the remote's default branch), as a CI UI shows it."""
+    if checkout.ref != "HEAD":
+        return checkout.ref
+    from cicd import git
+    from cicd.errors import CicdError
+
+    try:
+        return git.run_in(checkout.mirror, "symbolic-ref", "--quiet", "HEAD") or checkout.ref
+    except CicdError:  # a detached HEAD: no branch to name
+        return checkout.ref
+
+
 def name_current_run(flow: str, checkout: Checkout | None) -> str | None:
     """Rename and tag the running flow run after its checkout (a pipeline on no
     repository, ``cost-report``, is named by its day); the name, or None outside
@@ -108,7 +122,7 @@ def name_current_run(flow: str, checkout: Checkout | None) -> str | None:
     if not run_id:
         return None
     if checkout is not None:
-        name = run_name(flow, checkout.repo, checkout.ref, checkout.commit)
+        name = run_name(flow, checkout.repo, named_ref(checkout), checkout.commit)
     else:
         name = f"{flow}{SEPARATOR}{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     try:
@@ -118,7 +132,7 @@ def name_current_run(flow: str, checkout: Checkout | None) -> str | None:
             current = client.read_flow_run(run_id)
             event = event_of(current.tags, current.deployment_id, current.auto_scheduled)
             ours = (
-                run_tags(checkout.repo, checkout.ref, event)
+                run_tags(checkout.repo, named_ref(checkout), event)
                 if checkout is not None
                 else [f"event:{event}"]
             )

@@ -11,6 +11,7 @@ through the Prefect client, as the UI reads it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import tracemalloc
@@ -385,3 +386,26 @@ def test_a_huge_report_is_masked_without_reading_it_whole(tmp_path: Path) -> Non
     assert peak < 3 * 9_000_000 + 2**23, (
         f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB file"
     )
+
+
+def test_a_run_of_head_is_named_after_the_branch_head_names(tmp_path: Path) -> None:
+    import subprocess
+
+    from cicd.git import Checkout
+    from flows.run_names import branch_label, named_ref
+
+    repo = tmp_path / "repo"
+    who = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    env = {**who, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    for argv in (["init", "-q", "-b", "trunk", str(repo)],
+                 ["-C", str(repo), "commit", "-q", "--allow-empty", "-m", "one"]):  # fmt: skip
+        subprocess.run(["git", *argv], check=True, env=env, timeout=60)
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True, env=env).stdout.strip()  # fmt: skip
+    head = Checkout(repo=str(repo), ref="HEAD", commit=commit, path=repo, mirror=repo)
+
+    assert branch_label(named_ref(head)) == "trunk"
+    assert named_ref(dataclasses.replace(head, ref="feature")) == "feature"
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "--detach"], check=True, env=env)
+    assert named_ref(head) == "HEAD"
