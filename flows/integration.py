@@ -73,7 +73,9 @@ def integration(
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
         with llm_session(config, mode, run, checkout, ref, settings.budget_usd) as llm:
             jobs = suite_jobs(config, suites, env, llm_env=llm.env)
-            results = list(collect(submit_all(jobs, run, checkout.path)))
+            # pending on the git host, then each job's status as it ends
+            opened.statuses.pending(job.name for job in jobs)
+            results = list(collect(opened.statuses.follow(submit_all(jobs, run, checkout.path))))
         tests_passed = all(result.state.ok for result in results)
         budget = run_job(LlmBudgetJob(llm, tests_passed), run, checkout.path)
         results.append(budget)

@@ -80,7 +80,9 @@ def nightly(repo: str, ref: str = "main", llm_mode: LlmMode | None = None) -> Fl
                 # matrix-testing: python-version: [...] (the default version ran above)
                 *matrix_jobs(config, suites, settings.python),
             ]
-            results = list(collect(submit_all(jobs, run, checkout.path)))
+            # pending on the git host, then each job's status as it ends
+            opened.statuses.pending(job.name for job in jobs)
+            results = list(collect(opened.statuses.follow(submit_all(jobs, run, checkout.path))))
 
         # Track LLM costs: the budget fails the run, the alert threshold notifies.
         passed = all(result.state.ok for result in results)

@@ -92,7 +92,9 @@ def release(
         # validate: run full test suite (stop on any failure)
         suites = release_suites(config)
         env = opened.environment(config.tests[s] for s in suites)
-        tests = collect(submit_all(suite_jobs(config, suites, env), run, checkout.path))
+        jobs = suite_jobs(config, suites, env)
+        opened.statuses.pending(job.name for job in jobs)
+        tests = collect(opened.statuses.follow(submit_all(jobs, run, checkout.path)))
         results = [*tests, build]
         if not all(result.state.ok for result in tests):
             return opened.finish(run.report(checkout, ref, stopped(results, "tests failed")))
