@@ -13,7 +13,7 @@ from typing import ClassVar
 from cicd.config import ReleaseConfig
 from cicd.git import Checkout, is_shallow, tag_commit, unshallow
 from cicd.results import JobResult, JobState
-from tasks import packaging, publishing
+from tasks import package_index, packaging, publishing
 from tasks.job import JobContext, JobInputs
 
 BUILD_JOB = "build"
@@ -125,7 +125,9 @@ class PublishJob:
             published = publishing.publish(
                 list(self.files),
                 repository_url=self.repository_url,
-                index_url=self.release.index_url or publishing.index_url_for(self.repository_url),
+                index_url=(
+                    self.release.index_url or package_index.index_url_for(self.repository_url)
+                ),
                 username=username,
                 password=password,
                 dry_run=self.dry_run,

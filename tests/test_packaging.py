@@ -22,7 +22,7 @@ import pytest
 
 from cicd.errors import BadInput, ConfigError, InfrastructureError
 from cicd.sample import commit_all, git
-from tasks import changelog, publishing
+from tasks import changelog, package_index, publishing
 from tasks.packaging import (
     PackagingError,
     ReleaseRefused,
@@ -428,7 +428,7 @@ def test_wrong_password_fails_without_leaking_it(
 def test_unreachable_repository_is_an_infrastructure_error(
     v1_dists: list[Path], pypiserver: PypiServer
 ) -> None:
-    with pytest.raises(publishing.IndexUnavailable) as caught:
+    with pytest.raises(package_index.IndexUnavailable) as caught:
         publish(v1_dists, repository_url=f"http://127.0.0.1:{free_port()}/",
                 index_url=pypiserver.url, username="u", password="p", dry_run=False)
     assert isinstance(caught.value, InfrastructureError)  # retried by the flow's tasks
@@ -541,12 +541,11 @@ def test_pep691_json_index(
     ],
 )
 def test_simple_project_url(index_url: str, expected: str) -> None:
-    assert publishing.simple_project_url(index_url, "My_Pkg") == expected
+    assert package_index.simple_project_url(index_url, "My_Pkg") == expected
 
 
 def test_index_url_for_repository() -> None:
-    assert publishing.index_url_for("https://upload.pypi.org/legacy/") == "https://pypi.org/simple/"
-    assert (
-        publishing.index_url_for("https://test.pypi.org/legacy/") == "https://test.pypi.org/simple/"
-    )
-    assert publishing.index_url_for("http://127.0.0.1:8080/") == "http://127.0.0.1:8080/"
+    index_for = package_index.index_url_for
+    assert index_for("https://upload.pypi.org/legacy/") == "https://pypi.org/simple/"
+    assert index_for("https://test.pypi.org/legacy/") == "https://test.pypi.org/simple/"
+    assert index_for("http://127.0.0.1:8080/") == "http://127.0.0.1:8080/"
