@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from cicd import masking
+from cicd import masking, ownership
 
 # How long a group gets between SIGTERM and SIGKILL by default.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -320,6 +320,8 @@ def run(
             start_new_session=True,
         )
         register_group(proc.pid)
+        # Its group outlives a SIGKILLed run otherwise: a later command reclaims it.
+        held = ownership.claim("process-group", processes=(ownership.ProcessRef.of(proc.pid),))
         timed_out = False
         group_gone = True
         try:
@@ -345,6 +347,7 @@ def run(
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
             unregister_group(proc.pid)
+            held.release()
         duration = time.monotonic() - start
         out = _read_tail(sink)
         if log_path is not None:

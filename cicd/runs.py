@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cicd import command, paths
+from cicd import command, ownership, paths
 from cicd.git import Checkout, remove_workspace
 from cicd.results import JobResult, PipelineReport
 
@@ -74,6 +74,8 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
     run_id = _flow_run_id()
     directory = paths.runs() / f"{flow}-{run_id}"
     directory.mkdir(parents=True, exist_ok=True)
+    # Kept after the run (its logs and reports); a killed run's gets a note saying so.
+    held = ownership.claim("run", notes=(directory,), detail={"flow": flow, "run_id": run_id})
     run = PipelineRun(flow, run_id, directory)
     command.reopen()
     try:
@@ -91,3 +93,4 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
         command.kill_all()
         for workspace in run.workspaces:
             remove_workspace(workspace)
+        held.release()

@@ -28,13 +28,26 @@ as the server answers; the runs themselves stay concurrent.
 We chose this over one shared temporary server per ``CICD_HOME``: a shared
 server needs an owner to stop it and a way to outlive the run that started it,
 which is what ``cicd up`` already is.
+
+The temporary server dies with its ``cicd run``, SIGKILL included (which
+runs no ``finally`` and no ``atexit``): it is started in a session of its own
+with a parent-death signal (prctl(2) ``PR_SET_PDEATHSIG``:
+https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html; it fires
+when the *thread* that started it exits, and this is the CLI's main thread),
+and claimed (``cicd.ownership``) so that the next ``cicd`` command or
+``cicd gc`` kills its group should the signal not have ended it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
+from cicd import ownership
 from cicd.errors import InfrastructureError
 from cicd.locking import file_lock
 from deployments.stack_processes import api_healthy
@@ -78,9 +91,80 @@ def start_temporary_server() -> str | None:
     database = sqlite_path(url.get_secret_value()) if url is not None else None
     if database is None:
         return None
+    with file_lock(database.with_name(database.name + ".cicd-start.lock")):
+        server = _owned_server()
+        server.start()
+    return str(server.api_url)
+
+
+def stop_temporary_server() -> None:
+    """Stop this process's temporary server, if it started one (idempotent)."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    with file_lock(database.with_name(database.name + ".cicd-start.lock")):
-        server = SubprocessASGIServer()
-        server.start()
-    return server.api_url
+    server = SubprocessASGIServer._instances.get(None)
+    if server is not None:
+        server.stop()
+
+
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: get SIGTERM when the parent's thread exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+class _OwnedSpawner:
+    """Stands in for the ``subprocess`` module inside Prefect's server module
+    while it starts uvicorn: same call, plus a session, the parent-death
+    signal and a claim. Prefect's own command line is kept as it is."""
+
+    def __init__(self, claims: list[ownership.Claim]) -> None:
+        self._claims = claims
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    def Popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        parent = os.getpid()
+        popen: Any = subprocess.Popen  # Prefect's arguments, passed through as they are
+        proc: subprocess.Popen[Any] = popen(
+            *args, **kwargs, start_new_session=True, preexec_fn=lambda: _die_with(parent)
+        )
+        self._claims.append(
+            ownership.claim(
+                "prefect-server",
+                processes=(ownership.ProcessRef.of(proc.pid),),
+                detail={"pid": proc.pid},
+            )
+        )
+        return proc
+
+
+def _owned_server() -> Any:
+    """Prefect's temporary server (``SubprocessASGIServer``, one per process:
+    Prefect's client finds this very instance), started as described above."""
+    import prefect.server.api.server as prefect_server
+
+    class OwnedServer(prefect_server.SubprocessASGIServer):
+        claims: list[ownership.Claim]
+
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            if not hasattr(self, "claims"):
+                self.claims = []
+            module: Any = prefect_server
+            module.subprocess = _OwnedSpawner(self.claims)
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                module.subprocess = subprocess
+
+        def stop(self) -> None:
+            super().stop()
+            for held in getattr(self, "claims", []):
+                held.release()
+
+    return OwnedServer()

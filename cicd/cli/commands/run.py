@@ -70,7 +70,7 @@ def _print_human(report: dict[str, Any]) -> None:
 def run(args: argparse.Namespace, outcome: Outcome) -> int:
     """Run the pipeline; a failed pipeline is a report and exit 1, any other
     error goes to the error handler."""
-    from cicd.cli.prefect_api import require_api, start_temporary_server
+    from cicd.cli.prefect_api import require_api, start_temporary_server, stop_temporary_server
     from cicd.results import PipelineFailed
 
     entry = PIPELINES[args.pipeline]
@@ -93,6 +93,10 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
     except PipelineFailed as failed:
         report = failed.report.to_json()
         code = EXIT_FAILED
+    finally:
+        # Ours only (None with PREFECT_API_URL); Prefect's atexit would stop it
+        # too, but not before the report is printed.
+        stop_temporary_server()
     report = {**report, "flow": entry.name, "duration": round(time.monotonic() - started, 3)}
     if outcome.json_output:
         outcome.print_json(report)
