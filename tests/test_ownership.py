@@ -261,3 +261,74 @@ def test_a_reaper_in_another_pid_namespace_never_touches_what_it_cannot_see(
     (done,) = reclaim.reclaim()
     assert done.killed == (info["child"],)
     assert wait_gone(info["child"])
+
+
+# --- across PID namespaces, with a real Neo4j ------------------------------------------
+
+NAMESPACED_OWNER = textwrap.dedent("""\
+    import json, os, sys, time
+    from pathlib import Path
+    from cicd import ownership
+    from cicd.config import ServiceConfig
+    from tasks.services.neo4j_process import Neo4jProcessBackend
+    server = Neo4jProcessBackend().start("neo4j", ServiceConfig(), Path(sys.argv[1]))
+    print(json.dumps({"uri": server.endpoint.uri, "home": str(server.home),
+                      "ns": ownership.pid_namespace()}), flush=True)
+    time.sleep(600)
+    """)
+
+
+@needs_unshare
+@pytest.mark.neo4j
+@pytest.mark.slow
+def test_a_live_neo4j_owned_in_another_pid_namespace_is_reaped_only_once_its_owner_dies(
+    cicd_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neo4j import GraphDatabase
+
+    from tasks.services.neo4j_reaping import reap_orphans, server_records
+
+    jars = Path.home() / ".cache" / "cicd-flows" / "services" / "neo4j" / "5.26.30"
+    monkeypatch.setenv("CICD_NEO4J_HOME", os.environ.get("CICD_NEO4J_HOME") or str(jars))
+    # The owner is not the namespace's init (sh is, and stays): once the owner
+    # dies its server lives on in that namespace, as in a worker container.
+    script = tmp_path / "owner.py"
+    script.write_text(NAMESPACED_OWNER)
+    owner_cmd = f"{sys.executable} {script} {tmp_path / 'run'} & exec sleep 900"
+    box = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", owner_cmd],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert box.stdout is not None
+        started = json.loads(box.stdout.readline())
+        (server,) = server_records()
+        ref = server.claim.processes[0]
+        assert ref.pid_ns == started["ns"] != ownership.pid_namespace()
+        server_pid = reclaim.local_pid(ref)  # its PID as seen from here
+        assert server_pid is not None and server_pid != ref.pid
+
+        def answers() -> bool:
+            with GraphDatabase.driver(started["uri"], auth=("neo4j", "test-password")) as d:
+                records, _, _ = d.execute_query("RETURN 1 AS one", database_="neo4j")
+            return bool(records[0]["one"] == 1)
+
+        # Its owner lives in the other namespace: the reaper here leaves it be.
+        assert reap_orphans() == []
+        assert answers() and Path(started["home"]).is_dir()
+
+        owner = reclaim.local_pid(ProcessRef(server.claim.owner_pid, None, ref.pid_ns))
+        assert owner is not None
+        os.kill(owner, signal.SIGKILL)
+        assert wait_gone(owner)
+        assert alive(server_pid)  # orphaned, still serving, in the other namespace
+
+        assert reap_orphans() == [server_pid]
+        assert wait_gone(server_pid)
+        assert not Path(started["home"]).exists()
+        assert server_records() == []
+    finally:
+        # The namespace's init: killing it ends every process in that namespace.
+        os.killpg(box.pid, signal.SIGKILL)
+        box.wait()
