@@ -56,7 +56,9 @@ def one_round(repo: Path, index: int) -> dict[str, float]:
     branch = f"bench-sigkill-{index}"
     with commit_on_branch(repo, branch, f"test: busy Neo4j suite {index}"):
         (repo / "tests" / "integration" / "test_busy.py").write_text(FRAMEWORK_WITH_NEO4J)
-    env = cli_env(WORK / "prefect-home")
+    # A database per round: a SIGKILLed run never releases its Neo4j slot lease
+    # (see bench/README.md), and the next round on the same database would wait.
+    env = cli_env(WORK / f"prefect-home-{index}")
     proc = start_run(repo, branch, env, WORK / f"cicd-{index}.log")
     owned = Owned(proc.pid)
     try:

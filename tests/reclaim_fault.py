@@ -50,13 +50,27 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def port_listened(port: int) -> bool:
+def port_holders(port: int) -> set[int]:
+    """PIDs that hold a socket listening on ``port``."""
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    if not inodes:
+        return holders
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fds = list(Path(f"/proc/{name}/fd").iterdir())
+            if any(os.readlink(fd) in inodes for fd in fds):
+                holders.add(int(name))
+        except OSError:
+            continue
+    return holders
 
 
 @dataclass
@@ -95,9 +109,11 @@ class Owned:
         return live
 
     def leftovers(self) -> dict[str, object]:
+        live = self.live_processes()
         return {
-            "processes": self.live_processes(),
-            "ports": sorted(p for p in self.ports if port_listened(p)),
+            "processes": live,
+            # Held by a process of the run; a free port another program took since is not.
+            "ports": sorted(p for p in self.ports if port_holders(p) & set(live)),
             "paths": sorted(p for p in self.paths if Path(p).exists()),
             "records": [r.token for _, r in ownership.records() if r and r.owner_pid == self.owner],
         }
