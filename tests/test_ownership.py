@@ -332,3 +332,28 @@ def test_a_live_neo4j_owned_in_another_pid_namespace_is_reaped_only_once_its_own
         # The namespace's init: killing it ends every process in that namespace.
         os.killpg(box.pid, signal.SIGKILL)
         box.wait()
+
+
+def test_cicd_gc_dry_run_lists_and_gc_reclaims(holder: Holder, cicd_home: Path) -> None:
+    proc, info = holder
+    cicd = [str(Path(sys.executable).parent / "cicd"), "gc"]
+    env = {**os.environ, "CICD_HOME": str(cicd_home)}
+    live = subprocess.run([*cicd, "--json"], env=env, capture_output=True, text=True, check=False)
+    assert live.returncode == 0 and json.loads(live.stdout)["reclaimed"] == []
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    dry = subprocess.run(
+        [*cicd, "--dry-run", "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    assert dry.returncode == 0, dry.stderr
+    (listed,) = json.loads(dry.stdout)["reclaimed"]
+    assert listed["token"] == info["token"] and listed["killed"] == [info["child"]]
+    assert alive(info["child"]) and record_of(info["token"])
+
+    done = subprocess.run(cicd, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"reclaimed test {info['token']}" in done.stdout
+    assert f"killed pid {info['child']}" in done.stdout
+    assert wait_gone(info["child"])
+    assert ownership.records() == []
