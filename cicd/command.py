@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from cicd import masking
+from cicd import masking, ownership
 
 # How long a group gets between SIGTERM and SIGKILL by default.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -410,11 +410,14 @@ def run(
             start_new_session=True,
         )
         register_group(proc.pid)
+        # Its group outlives a SIGKILLed run otherwise: a later command reclaims it.
+        held = ownership.claim("process-group", processes=(ownership.ProcessRef.of(proc.pid),))
         if _closed.is_set():
             # kill_all ran between our check above and register_group: it did
             # not see this group, so it is ours to end.
             terminate_group(proc.pid, grace=0.0, leader=proc)
             unregister_group(proc.pid)
+            held.release()
             raise Cancelled(
                 masking.mask(f"stopped at its start, the run is shutting down: {' '.join(argv)}")
             )
@@ -446,6 +449,7 @@ def run(
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
             unregister_group(proc.pid)
+            held.release()
         follower.finish()
         duration = time.monotonic() - start
         if log is not None:

@@ -4,6 +4,7 @@ deleted on any exit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cicd import command, paths
+from cicd import command, ownership, paths, reclaim
 from cicd.git import Checkout, remove_workspace
 from cicd.results import JobResult, PipelineReport
 
@@ -118,8 +119,14 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
     """Set up a run; on any exit (also cancellation) kill what it started and
     delete its workspaces. Reports and logs stay in the run directory."""
     run_id = _flow_run_id()
+    # A worker's flow runs start here, not through the CLI: what flows killed
+    # with their worker left is reclaimed at the next run on this CICD_HOME.
+    with contextlib.suppress(OSError):
+        reclaim.reclaim()
     directory = paths.runs() / f"{flow}-{run_id}"
     directory.mkdir(parents=True, exist_ok=True)
+    # Kept after the run (its logs and reports); a killed run's gets a note saying so.
+    held = ownership.claim("run", notes=(directory,), detail={"flow": flow, "run_id": run_id})
     run = PipelineRun(flow, run_id, directory)
     _opened.append(directory)
     command.reopen()
@@ -138,3 +145,4 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
         command.kill_all()
         for workspace in run.workspaces:
             remove_workspace(workspace)
+        held.release()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from cicd import ownership
 from cicd.config import DEFAULT_NEO4J_EXPORT, PipelineConfig, ServiceConfig
 from cicd.errors import BadInput, ConfigError, InfrastructureError
 from tasks.services import (
@@ -53,7 +54,8 @@ from tasks.services.neo4j_launch import (
     publish_cds,
 )
 from tasks.services.neo4j_process import Neo4jProcessBackend
-from tasks.services.neo4j_reaping import PidRecord, pid_dir, read_record, write_record
+from tasks.services.neo4j_reaping import ServerRecord, claim_server
+from tasks.services.neo4j_reaping import server_records as claimed_servers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,8 +82,26 @@ def group_exists(pgid: int) -> bool:
     return True
 
 
-def server_records() -> list[PidRecord]:
-    return [read_record(path) for path in sorted(pid_dir().glob("*.json"))]
+def server_records() -> list[ServerRecord]:
+    return claimed_servers()
+
+
+DYING_OWNER = """\
+import os, sys
+from pathlib import Path
+from tasks.services.neo4j_reaping import claim_server
+claim_server(sys.argv[1], "neo4j", int(sys.argv[2]), Path(sys.argv[3]))
+os._exit(0)  # like a flow killed mid-test: the claim is never released
+"""
+
+
+def claim_by_a_dead_owner(token: str, pid: int, home: Path) -> None:
+    """A claim on a server whose owner (a real process) died holding it."""
+    subprocess.run(
+        [sys.executable, "-c", DYING_OWNER, token, str(pid), str(home)],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        check=True, timeout=60,
+    )  # fmt: skip
 
 
 def spawn_sleeper(*extra_args: str) -> subprocess.Popen[bytes]:
@@ -289,7 +309,6 @@ def test_container_owner_labels_identify_dead_owners() -> None:
 
 
 def test_reap_kills_a_marked_server_of_a_dead_owner_only(service_state: Path) -> None:
-    owner_pid, owner_start = dead_process_identity()
     token = "neo4j-deadbeef"
     # Carries the marker like a real server's java command line does, and,
     # like a server whose flow crashed, is nobody's child here.
@@ -301,17 +320,11 @@ def test_reap_kills_a_marked_server_of_a_dead_owner_only(service_state: Path) ->
     home = service_state / "run" / token
     home.mkdir(parents=True)
     (home / HOME_MARKER).write_text(token)
+    live = None
     try:
-        write_record(PidRecord(
-            token=token, name="neo4j", pid=fake_server, start_time=fake_start, home=str(home),
-            owner_pid=owner_pid, owner_start_time=owner_start,
-        ))
+        claim_by_a_dead_owner(token, fake_server, home)
         # Owned by this (live) process: in use, must survive.
-        write_record(PidRecord(
-            token=live_token, name="neo4j", pid=live_server.pid,
-            start_time=process_start_time(live_server.pid), home=str(service_state / "nowhere"),
-            owner_pid=os.getpid(), owner_start_time=process_start_time(os.getpid()),
-        ))
+        live = claim_server(live_token, "neo4j", live_server.pid, service_state / "nowhere")
 
         killed = reap_orphans()
 
@@ -322,12 +335,13 @@ def test_reap_kills_a_marked_server_of_a_dead_owner_only(service_state: Path) ->
         assert not home.exists()
         assert [r.token for r in server_records()] == [live_token]
     finally:
+        if live is not None:
+            live.release()
         kill_orphan(fake_server, fake_start, MARKER_PROPERTY)
         kill_group(live_server)
 
 
 def test_reap_never_kills_an_unrelated_process_with_a_recorded_pid(service_state: Path) -> None:
-    owner_pid, owner_start = dead_process_identity()
     sleeper = subprocess.Popen(["sleep", "120"], start_new_session=True)
     # Not our marker-less home: reaping must not delete it either.
     foreign_dir = service_state / "not-ours"
@@ -335,19 +349,15 @@ def test_reap_never_kills_an_unrelated_process_with_a_recorded_pid(service_state
     try:
         # Same PID and start time (a perfectly recycled PID): only the
         # command-line marker tells it apart from a server.
-        write_record(PidRecord(
-            token="neo4j-0badf00d", name="neo4j", pid=sleeper.pid,
-            start_time=process_start_time(sleeper.pid), home=str(foreign_dir),
-            owner_pid=owner_pid, owner_start_time=owner_start,
-        ))
-        (pid_dir() / "garbage.json").write_text("{not json")
+        claim_by_a_dead_owner("neo4j-0badf00d", sleeper.pid, foreign_dir)
+        (ownership.owned_dir() / "garbage.json").write_text("{not json")
 
         assert reap_orphans() == []
 
         time.sleep(0.2)
         assert sleeper.poll() is None
         assert foreign_dir.is_dir()
-        assert list(pid_dir().glob("*.json")) == []  # stale records are cleaned up
+        assert list(ownership.owned_dir().glob("*.json")) == []  # stale records are cleaned up
     finally:
         kill_group(sleeper)
 

@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from cicd import __version__, command
 from cicd.cli import prefect_settings
-from cicd.cli.commands import baseline, down, run, up, webhook
+from cicd.cli.commands import baseline, down, gc, run, up, webhook
 from cicd.cli.error_handler import Outcome, error_handler
 from cicd.errors import BadInput
 
@@ -72,6 +72,11 @@ COMMANDS: dict[
         webhook.add_arguments,
         _simple(webhook.run),
     ),
+    "gc": (
+        "reclaim servers, processes and workspaces of runs whose owner died",
+        gc.add_arguments,
+        gc.run,
+    ),
 }
 
 
@@ -106,6 +111,25 @@ def _flow_name(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _reclaim_leftovers() -> None:
+    """What SIGKILLed runs left (servers, job groups, workspaces): cheap, a
+    listing and a non-blocking flock per record (``cicd.reclaim``)."""
+    from cicd import reclaim
+
+    try:
+        done = reclaim.reclaim()
+    except OSError as exc:  # never the reason a command fails
+        print(f"cicd: warning: reclaiming leftovers failed: {exc}", file=sys.stderr)
+        return
+    for item in done:
+        if not item.left:
+            print(
+                f"cicd: reclaimed {item.kind} of dead owner {item.owner}: killed "
+                f"{list(item.killed)}, removed {list(item.removed)}",
+                file=sys.stderr,
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # First of all, before anything imports Prefect.
     prefect_settings.apply_defaults()
@@ -114,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _terminate)
     with error_handler(_wants_json(arguments), _flow_name(arguments)) as outcome:
         args = build_parser().parse_args(arguments)
+        if args.command != "gc":  # gc does it itself, and reports it
+            _reclaim_leftovers()
         outcome.code = COMMANDS[args.command][2](args, outcome)
     return outcome.code
 

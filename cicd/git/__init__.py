@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cicd import command, paths
+from cicd import command, ownership, paths
 from cicd.errors import BadInput, InfrastructureError
 from cicd.git.inputs import (
     check_commit_sha,
@@ -295,12 +295,17 @@ def clone_workspace(mirror: Path, commit: str) -> Path:
     """A new workspace of ``commit``: a full clone of the mirror (every branch and
     tag, no depth limit), ``commit`` checked out detached."""
     dest = paths.workspaces() / f"{commit[:12]}-{uuid.uuid4().hex[:8]}"
+    # Claimed before it exists: a run killed mid-clone leaves nothing unowned.
+    # With it, what environments.install_project puts beside it later.
+    _workspace_claims[dest] = ownership.claim(
+        "workspace", paths_owned=(dest, dest.with_name(f"{dest.name}.site-py*"))
+    )
     result = _run("clone", "--quiet", "--shared", "--no-checkout", "--", mirror, dest)
     if result.ok:
         # A full hex SHA, never an option (checkout has no --end-of-options in git 2.39).
         result = _run("-C", dest, "checkout", "--quiet", "--detach", check_commit_sha(commit))
     if not result.ok:
-        shutil.rmtree(dest, ignore_errors=True)
+        remove_workspace(dest)
         raise InfrastructureError(f"checkout of {commit} failed: {result.tail(5)}")
     return dest
 
@@ -329,12 +334,19 @@ def tag_commit(repo: Path, tag: str) -> str | None:
     return resolve_commit(repo, f"refs/tags/{name}", what="tag")
 
 
+# The claims of this process's workspaces (cicd.ownership): held until removed.
+_workspace_claims: dict[Path, ownership.Claim] = {}
+
+
 def remove_workspace(path: Path) -> None:
     if path.is_relative_to(paths.workspaces()):
         shutil.rmtree(path, ignore_errors=True)
         # What environments.install_project put beside it, one per Python version.
         for site in path.parent.glob(f"{path.name}.site-py*"):
             shutil.rmtree(site, ignore_errors=True)
+    held = _workspace_claims.pop(path, None)
+    if held is not None:
+        held.release()
 
 
 # --- reading history -------------------------------------------------------------------

@@ -12,14 +12,14 @@ makes runs that want the same port take turns). Plugins are symlinked from
 their cache into the home's ``plugins`` directory. The configured
 password is set like the neo4j image does it: ``neo4j-admin dbms
 set-initial-password`` against the same home before the first start. A pid
-file lets ``neo4j_reaping`` kill the server if its flow crashes.
+claim (``neo4j_reaping``, an flock held while the server runs) lets any later
+command reap the server once its flow is provably dead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import secrets
 import shutil
 import signal
@@ -32,9 +32,10 @@ from cicd import command
 from cicd.config import ServiceConfig
 from cicd.errors import InfrastructureError
 from cicd.locking import try_file_lock
+from cicd.ownership import Claim
 from tasks.services import provision
 from tasks.services.base import LOG_TAIL_LINES, ServiceEndpoint, logger
-from tasks.services.host import check_ports_free, free_ports, process_start_time, tail_lines
+from tasks.services.host import check_ports_free, free_ports, tail_lines
 from tasks.services.neo4j_health import check_user, wait_until_healthy, warm_up
 from tasks.services.neo4j_launch import (
     CDS_LOCK,
@@ -53,7 +54,7 @@ from tasks.services.neo4j_launch import (
     server_argv,
     set_initial_password,
 )
-from tasks.services.neo4j_reaping import PidRecord, pid_file, reap_orphans, write_record
+from tasks.services.neo4j_reaping import claim_server, reap_orphans
 
 # A backstop: a server stops in ~1-3 s once it never dumps class data at exit.
 STOP_GRACE_SECONDS = 30.0
@@ -72,13 +73,13 @@ class Neo4jProcess:
         endpoint: ServiceEndpoint,
         proc: subprocess.Popen[bytes],
         home: Path,
-        pid_file: Path,
+        claim: Claim | None,
         keep_log: Path | None,
     ) -> None:
         self._endpoint = endpoint
         self._proc = proc
         self.home = home
-        self.pid_file = pid_file
+        self.claim = claim
         self._keep_log = keep_log
         self._stopped = False
 
@@ -119,7 +120,7 @@ class Neo4jProcess:
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM the group (Neo4j shuts down cleanly on it), SIGKILL after
-        ``grace``; then remove the pid file and the home. Idempotent."""
+        ``grace``; then remove the home and release the claim. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -138,11 +139,12 @@ class Neo4jProcess:
                 logger.warning("%s: no exit %.0fs after SIGTERM; killed", self.endpoint.name, grace)
         finally:
             command.unregister_group(self.pgid)
-            self.pid_file.unlink(missing_ok=True)
             if self._keep_log is not None:
                 with contextlib.suppress(OSError):
                     shutil.copyfile(self.home / CONSOLE_LOG, self._keep_log)
             remove_home(self.home)
+            if self.claim is not None:
+                self.claim.release()  # last: until now a reaper may finish the job
 
 
 class Neo4jProcessBackend:
@@ -236,13 +238,9 @@ class Neo4jProcessBackend:
             )
         # kill_all() (flow finally / atexit) then stops it too.
         command.register_group(proc.pid)
-        record = PidRecord(
-            token=token, name=name, pid=proc.pid, start_time=process_start_time(proc.pid),
-            home=str(home), owner_pid=os.getpid(), owner_start_time=process_start_time(os.getpid()),
-        )
-        server = Neo4jProcess(endpoint, proc, home, pid_file(token), run_dir / f"{token}.log")
+        server = Neo4jProcess(endpoint, proc, home, None, run_dir / f"{token}.log")
         try:
-            write_record(record)
+            server.claim = claim_server(token, name, proc.pid, home)
             waited = wait_until_healthy(
                 endpoint,
                 timeout=config.startup_timeout,
