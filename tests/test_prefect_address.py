@@ -115,6 +115,7 @@ ARGV = {
     "baseline": ["baseline", "--repo", "."],
     "up": ["up"],
     "down": ["down"],
+    "gc": ["gc", "--dry-run"],
     "webhook": ["webhook", "--secret-env", "S"],
 }
 
