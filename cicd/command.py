@@ -30,10 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from cicd import masking, ownership
-from cicd.command_output import (  # re-exported: callers size their output by them
-    OutputFollower,
-    log_footer,
-)
+from cicd.command_output import OutputFollower, log_footer
 
 # How long a group gets between SIGTERM and SIGKILL by default.
 TERMINATE_GRACE_SECONDS = 5.0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cicd import command
+from cicd import command, command_output
 
 
 def _alive(pid: int) -> bool:
@@ -141,7 +141,7 @@ def test_big_output_keeps_only_the_tail_in_memory(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert result.ok
-    assert len(result.output) == command.OUTPUT_TAIL_CHARS
+    assert len(result.output) == command_output.OUTPUT_TAIL_CHARS
     assert result.output.endswith("x\nlast line \u00e9\n")
     # The whole output is in the log, copied without holding it in memory.
     assert log.stat().st_size > 50 * megabyte
@@ -156,7 +156,7 @@ def test_the_tail_does_not_start_with_half_a_character(tmp_path: Path) -> None:
     program = "import sys; sys.stdout.write('\\U0001F600' * 30001)"
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     result = command.run([sys.executable, "-c", program], env=env)
-    assert result.output == "\U0001f600" * command.OUTPUT_TAIL_CHARS
+    assert result.output == "\U0001f600" * command_output.OUTPUT_TAIL_CHARS
 
 
 def test_timeout_holds_while_the_child_does_not_read_its_stdin() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from cicd import command
+from cicd import command, command_output
 from cicd.results import JobResult, JobState, PipelineFailed, StepResult, TestCounts, TestFailure
 from flows.run_names import branch_label, event_of, repo_label, run_name, run_tags
 from tasks import step_logs
@@ -114,7 +114,7 @@ def test_a_huge_step_output_is_bounded_in_the_logs_file_and_memory(
     """100k lines and a 20 MB line without newline: a few hundred log records,
     a log file cut at its bound with the tail kept, a tail in memory."""
     handler, logger = records
-    monkeypatch.setattr(command, "MAX_LOG_BYTES", 4 * 2**20)
+    monkeypatch.setattr(command_output, "MAX_LOG_BYTES", 4 * 2**20)
     program = (
         "import sys\n"
         "w = sys.stdout.buffer.write\n"
@@ -134,7 +134,7 @@ def test_a_huge_step_output_is_bounded_in_the_logs_file_and_memory(
 
     assert result.ok and result.lines == 100_002
     # The tail in memory is bounded, and is the end of the output.
-    assert len(result.output) <= command.OUTPUT_TAIL_CHARS
+    assert len(result.output) <= command_output.OUTPUT_TAIL_CHARS
     assert result.output.endswith("yyyy\nthe very last line\n")
     assert peak < 8 * 2**20, f"peak Python allocations {peak / 2**20:.1f} MiB"
     # The logs: the command, the first lines live, a notice naming the file, the tail.
@@ -148,7 +148,7 @@ def test_a_huge_step_output_is_bounded_in_the_logs_file_and_memory(
     assert all(len(m) < step_logs.LINE_CHARS + 200 for m in handler.messages)
     # The file: its bound, a notice, then the tail and the exit line.
     size = log.stat().st_size
-    assert size < command.MAX_LOG_BYTES + command.OUTPUT_TAIL_CHARS + 2000
+    assert size < command_output.MAX_LOG_BYTES + command_output.OUTPUT_TAIL_CHARS + 2000
     text = log.read_text()
     assert "line 0 of the output\n" in text and "[cicd] output cut:" in text
     assert text.endswith(f"the very last line\n[cicd] exit 0 in {result.duration:.2f}s\n")
