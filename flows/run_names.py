@@ -30,6 +30,8 @@ SEPARATOR: Final = " · "
 TRIGGER_TAGS: Final = ("webhook", "git-poller")
 # A Prefect tag is free text; keep ours short and on one line.
 _TAG_CHARS: Final = 100
+# A repo or branch in a run name: enough for owner/name and a long branch.
+_LABEL_CHARS: Final = 80
 _SCP_ADDRESS = re.compile(r"^[\w.-]+@[\w.-]+:(?P<path>.+)$")
 
 _log = logging.getLogger(__name__)
@@ -60,8 +62,19 @@ def branch_label(ref: str) -> str:
     return ref
 
 
+def shown_label(text: str) -> str:
+    """A label as a run name shows it: one line, at most ``_LABEL_CHARS``.
+
+    The name is made from the run's parameters before they are validated (a
+    5,000-character or multi-line repo is refused by the flow, in a log line
+    that carries the run's name)."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + "…"
+
+
 def run_name(flow: str, repo: str, ref: str, commit: str) -> str:
-    return f"{flow}{SEPARATOR}{repo_label(repo)}@{branch_label(ref)}{SEPARATOR}{commit[:SHORT_SHA]}"
+    where = f"{shown_label(repo_label(repo))}@{shown_label(branch_label(ref))}"
+    return f"{flow}{SEPARATOR}{where}{SEPARATOR}{commit[:SHORT_SHA]}"
 
 
 def planned_name(flow: str) -> Callable[[], str]:
@@ -75,8 +88,8 @@ def planned_name(flow: str) -> Callable[[], str]:
         repo, ref = parameters.get("repo"), parameters.get("ref")
         if not repo:
             return flow
-        at = f"@{branch_label(str(ref))}" if ref else ""
-        return f"{flow}{SEPARATOR}{repo_label(str(repo))}{at}"
+        at = f"@{shown_label(branch_label(str(ref)))}" if ref else ""
+        return f"{flow}{SEPARATOR}{shown_label(repo_label(str(repo)))}{at}"
 
     return name
 

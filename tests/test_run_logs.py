@@ -409,3 +409,13 @@ def test_a_run_of_head_is_named_after_the_branch_head_names(tmp_path: Path) -> N
     assert named_ref(dataclasses.replace(head, ref="feature")) == "feature"
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", "--detach"], check=True, env=env)
     assert named_ref(head) == "HEAD"
+
+
+def test_a_run_name_keeps_one_short_line_whatever_the_parameters() -> None:
+    from flows.run_names import shown_label
+
+    name = run_name("pr-validation", "x" * 5000, "main\nrm -rf", "1a2b3c4d5e")
+    assert len(name) < 200 and "\n" not in name and "x" * 100 not in name
+    assert name.endswith("@main rm -rf · 1a2b3c4")
+    assert shown_label("https://h/a\x1b[2Jb") == "https://h/a [2Jb"
+    assert shown_label("acme/app") == "acme/app"
