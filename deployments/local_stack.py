@@ -320,7 +320,10 @@ def _auth_string(server_url: str | None, reused: list[str], directory: Path) -> 
         # Someone else's server: the caller's setting, as for any Prefect client.
         return auth_string_for(server_url)
     existing = read_auth_string(directory)
-    if "server" in reused and existing:
+    if existing and ("server" in reused or not os.environ.get("PREFECT_API_AUTH_STRING")):
+        # The running server's password, or that of a server that crashed: the
+        # workers `up` keeps from before the crash authenticate with it (`down`
+        # removes it, so a stack started afresh gets a new one).
         register_secret(existing)
         return existing
     auth = os.environ.get("PREFECT_API_AUTH_STRING") or new_auth_string()

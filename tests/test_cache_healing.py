@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,10 +135,17 @@ def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
     from flows.pr_validation import pr_validation
 
     repo = probe_repo(tmp_path)
+    started = time.time()
     green = pr_validation(repo=str(repo), ref="main")
     assert green["state"] == "passed", green
     mirror = cicd_git.mirror_path(cicd_git.normalize_repo(str(repo)))
-    (env,) = [p for p in paths.environments().glob("py*") if p.is_dir()]
+    # The probe's own environment (its pyproject is in the key): the one built by
+    # this run, among those other tests of the session left.
+    (env,) = [
+        p
+        for p in paths.environments().glob("py*")
+        if (p / ".cicd-ready").is_file() and (p / ".cicd-ready").stat().st_mtime >= started - 1
+    ]
 
     # Both caches damaged: the FAILING commit still fails, for its test.
     truncate_mirror_pack(mirror)
