@@ -1,0 +1,145 @@
+"""Deploy: staging -> production, as the seeds describe it.
+
+    build (or fetch) the artifact once -> staging: deploy by its strategy,
+      health, analysis, automatic rollback -> production gate (allowed branch,
+      the artifact passed staging, approval in the Prefect UI when configured)
+      -> production: the same artifact, by its strategy -> notify
+      (success / partial success / failed, seed 000)
+
+Every environment's deploy is one task whose result records its plan, each
+step and the rollback's reason; the history of what is live where is in
+``$CICD_HOME/deploy`` (``tasks/deploy/state.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from cicd.config_deploy import DeployEnvironment
+from cicd.errors import BadInput
+from cicd.results import JobResult, JobState
+from flows.gate import FlowOutcome, finish
+from flows.opening import open_pipeline
+from tasks import notify
+from tasks.deploy import artifacts, gates
+from tasks.deploy.approval import Approval, ask_approval
+from tasks.deploy.base import Release
+from tasks.deploy.environment import deploy_release
+from tasks.deploy.state import record
+
+FLOW_NAME: Final = "deploy"
+
+
+@task(name="artifact")
+def artifact_task(workspace: str, commit: str, ref: str, given: str | None, log: str) -> Release:
+    from pathlib import Path
+
+    if given is not None:
+        return artifacts.keep(Path(given), commit, ref)
+    return artifacts.build_release(Path(workspace), commit, ref, Path(log))
+
+
+@task(name="deploy-environment")
+def deploy_task(
+    project: str, name: str, settings: DeployEnvironment, release: Release, extra: dict[str, Any]
+) -> dict[str, Any]:
+    return deploy_release(project, name, settings, release, extra=extra).to_json()
+
+
+def overall(results: list[JobResult]) -> str:
+    """Seed 000's outcome: every environment deployed, some, or none."""
+    passed = [r for r in results if r.state is JobState.PASSED]
+    if (
+        results
+        and len(passed) == len(results)
+        and all(r.details.get("outcome") == "success" for r in passed)
+    ):
+        return "success"
+    return "partial" if passed else "failed"
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = None) -> FlowOutcome:
+    logger = get_run_logger()
+    with open_pipeline(FLOW_NAME, repo, ref) as opened:
+        run, checkout, config = opened.run, opened.checkout, opened.config
+        if config.deploy is None:
+            raise BadInput("cicd.yaml: no 'deploy' section: nothing to deploy")
+        environments = config.deploy.environments
+        if env is not None and env not in environments:
+            raise BadInput(
+                f"--env {env!r}: not in cicd.yaml deploy.environments {sorted(environments)}"
+            )
+        targets = [env] if env is not None else config.deploy.order()
+
+        # build once: the same file goes to every environment
+        release = artifact_task(
+            str(checkout.path), checkout.commit, ref, artifact, str(run.log("build"))
+        )
+        results: list[JobResult] = []
+        for name in targets:
+            settings = environments[name]
+            job = f"deploy-{name}"
+            refused = gates.refusal(release.name, name, settings, release)
+            if refused is not None:
+                record(
+                    {
+                        "action": "deploy",
+                        "project": release.name,
+                        "environment": name,
+                        "release": release.to_json(),
+                        "outcome": "refused",
+                        "reason": refused,
+                    }
+                )
+                results.append(JobResult(job, JobState.FAILED, 0.0, reason=f"refused: {refused}"))
+                break
+            extra: dict[str, Any] = {}
+            if settings.approval:
+                answer: Approval = ask_approval(name, release, settings.approval_timeout)
+                extra = {"approver": answer.approver, "comment": answer.comment}
+                if not answer.approved:
+                    record(
+                        {
+                            "action": "deploy",
+                            "project": release.name,
+                            "environment": name,
+                            "release": release.to_json(),
+                            "outcome": "refused",
+                            "reason": f"not approved by {answer.approver}",
+                            **extra,
+                        }
+                    )
+                    results.append(
+                        JobResult(
+                            job, JobState.FAILED, 0.0, reason=f"not approved by {answer.approver}"
+                        )
+                    )
+                    break
+            outcome = deploy_task(release.name, name, settings, release, extra)
+            ok = outcome["outcome"] in ("success", "partial", "planned")
+            results.append(
+                JobResult(
+                    job,
+                    JobState.PASSED if ok else JobState.FAILED,
+                    sum(float(s.get("seconds", 0)) for s in outcome["steps"]),
+                    reason=outcome["reason"],
+                    details={**outcome, **extra},
+                )
+            )
+            logger.info("%s: %s %s", name, outcome["outcome"], outcome["reason"])
+            if not ok:
+                break
+
+        verdict = overall(results)
+        lines = [
+            f"- {r.name}: {r.details.get('outcome', r.state.value)} {r.reason}" for r in results
+        ]
+        body = f"{release.id} ({ref}): {verdict}\n" + "\n".join(lines)
+        notify.notify(config.notify, f"deploy {release.name}: {verdict}", body, logger)
+        create_markdown_artifact(key="deploy", markdown=f"# Deploy: {verdict}\n\n{body}\n")
+        extra_report = {"deploy": {"outcome": verdict, "release": release.to_json()}}
+        return finish(run.report(checkout, ref, results, extra=extra_report))

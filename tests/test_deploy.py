@@ -1,0 +1,164 @@
+"""Deploys for real: the sample's HTTP service in virtualenvs of its wheel,
+replicas as processes, a real nginx in front, a load generator through it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.deploy import artifacts
+from tasks.deploy import environment as deploys
+from tasks.deploy.base import Release
+from tasks.deploy.proxy import nginx_binary
+from tasks.deploy.state import EnvironmentState, history
+from tests.deploy_support import Built, LoadGenerator, build_releases, get, settings
+
+pytestmark = pytest.mark.slow
+PROJECT = "agentkit-sample"
+
+
+@pytest.fixture(scope="session")
+def built(
+    sample_repos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Built]:
+    nginx_binary()  # fails early with the way to install it
+    return build_releases(sample_repos["agentkit"], tmp_path_factory.mktemp("wheels"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A CICD_HOME of the test's own; every environment deployed there stopped after."""
+    monkeypatch.setenv("CICD_HOME", str(tmp_path / "home"))
+    try:
+        yield tmp_path / "home"
+    finally:
+        root = tmp_path / "home" / "deploy" / PROJECT
+        for env_dir in root.iterdir() if root.is_dir() else []:
+            if (env_dir / "state.json").is_file():
+                deploys.stop_environment(PROJECT, env_dir.name)
+
+
+def release_of(built: dict[str, Built], branch: str) -> Release:
+    b = built[branch]
+    return artifacts.keep(b.wheel, b.commit, b.ref)
+
+
+def proxy_url(env: str) -> str:
+    state = EnvironmentState.load(PROJECT, env)
+    assert state is not None
+    return f"http://127.0.0.1:{state.proxy_port}/"
+
+
+def live_processes(state: EnvironmentState) -> list[int]:
+    return [r.pid for s in (state.live, state.standby, state.pending) if s for r in s.replicas]
+
+
+def test_good_release_goes_staging_then_production_by_canary_without_a_failed_request(
+    built: dict[str, Built], home: Path
+) -> None:
+    first, good = release_of(built, "main"), release_of(built, "release-good")
+    for env in ("staging", "production"):
+        assert deploys.deploy_release(PROJECT, env, settings(), first).outcome == "success"
+    for env in ("staging", "production"):
+        with LoadGenerator(proxy_url(env)) as load:
+            result = deploys.deploy_release(PROJECT, env, settings(), good)
+        assert result.outcome == "success", result.reason
+        assert load.failed == [], load.failed[:5]
+        seen = load.releases()
+        assert seen[first.id] > 0 and seen[good.id] > 0, seen
+        analyses = [s["analysis"] for s in result.steps if "analysis" in s]
+        assert [a["verdict"] for a in analyses] == ["passed", "passed"]
+        assert analyses[0]["canary_requests"] > 0
+        assert get(proxy_url(env)) == (200, good.id)
+        state = EnvironmentState.load(PROJECT, env)
+        assert state is not None and state.live is not None and state.live.release == good
+        assert state.previous == first and state.standby is None
+    outcomes = [(e["environment"], e["outcome"]) for e in history(PROJECT)]
+    assert outcomes.count(("production", "success")) == 2
+
+
+@pytest.mark.parametrize("kind", ["blue-green", "rolling"])
+def test_blue_green_and_rolling_switch_without_a_failed_request(
+    built: dict[str, Built], home: Path, kind: str
+) -> None:
+    first, good = release_of(built, "main"), release_of(built, "release-good")
+    env_settings = settings(kind, replicas=3)  # type: ignore[arg-type]
+    deploys.deploy_release(PROJECT, "staging", env_settings, first)
+    with LoadGenerator(proxy_url("staging")) as load:
+        result = deploys.deploy_release(PROJECT, "staging", env_settings, good)
+    assert result.outcome == "success", result.reason
+    assert load.failed == [], load.failed[:5]
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None
+    assert state.live.release == good and len(state.live.replicas) == 3
+    if kind == "blue-green":
+        assert len(result.switch_seconds) == 1
+        assert state.standby is not None and state.standby.release == first  # kept for rollback
+        # ... so that a rollback by hand is an instant switch back
+        back = deploys.rollback_environment(PROJECT, "staging", "test: back")
+        assert back.live is not None and back.live.release == first
+        assert get(proxy_url("staging")) == (200, first.id)
+    else:
+        assert len(result.switch_seconds) == 3  # one replica at a time
+
+
+def test_release_with_errors_is_rolled_back_at_the_first_canary_step(
+    built: dict[str, Built], home: Path
+) -> None:
+    first, bad = release_of(built, "main"), release_of(built, "release-errors")
+    deploys.deploy_release(PROJECT, "staging", settings(), first)
+    with LoadGenerator(proxy_url("staging")) as load:
+        result = deploys.deploy_release(PROJECT, "staging", settings(), bad)
+        after = time.monotonic()
+        time.sleep(1.0)
+    assert result.outcome == "rolled-back"
+    assert result.reason.startswith("analyse at 10%: canary error rate"), result.reason
+    routed = [s for s in result.steps if s.get("action") == "route"]
+    assert len(routed) == 1  # never went past 10 %
+    bad_answers = [r for r in load.results if r[2] == bad.id]
+    assert load.failed and all(r[2] == bad.id for r in load.failed)
+    window = [r for r in load.results if r[0] >= min(r[0] for r in bad_answers)]
+    assert len(load.failed) <= 0.10 * len(window) + 1
+    assert load.releases(since=after) == {first.id: load.releases(since=after)[first.id]}
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None and state.live.release == first
+    assert state.pending is None and state.phase == "idle"
+    assert get(proxy_url("staging")) == (200, first.id)
+    entry = history(PROJECT, "staging")[-1]
+    assert entry["outcome"] == "rolled-back" and "error rate" in entry["reason"]
+
+
+def test_never_healthy_release_never_receives_traffic(built: dict[str, Built], home: Path) -> None:
+    first, sick = release_of(built, "main"), release_of(built, "release-unhealthy")
+    deploys.deploy_release(PROJECT, "staging", settings(), first)
+    with LoadGenerator(proxy_url("staging")) as load:
+        result = deploys.deploy_release(PROJECT, "staging", settings(health_timeout=3.0), sick)
+    assert result.outcome == "rolled-back" and "healthy" in result.reason, result.reason
+    assert load.failed == [] and set(load.releases()) == {first.id}
+    access = (home / "deploy" / PROJECT / "staging" / "nginx" / "logs" / "access.log").read_text()
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None
+    ports = {f"127.0.0.1:{p}" for p, _ in state.routing}
+    assert {line.split()[2] for line in access.splitlines() if "/__cicd" not in line} <= ports
+
+
+def test_rollback_by_hand_restarts_the_previous_release(
+    built: dict[str, Built], home: Path
+) -> None:
+    first, good = release_of(built, "main"), release_of(built, "release-good")
+    # Without traffic a canary has no data, which is a failure: an immediate switch here.
+    deploys.deploy_release(PROJECT, "staging", settings("immediate"), first)
+    assert deploys.deploy_release(PROJECT, "staging", settings("immediate"), good).outcome == (
+        "success"
+    )
+    with LoadGenerator(proxy_url("staging")) as load:
+        state = deploys.rollback_environment(PROJECT, "staging", "test: by hand")
+    assert load.failed == []
+    assert state.live is not None and state.live.release == first and state.previous == good
+    assert get(proxy_url("staging")) == (200, first.id)
+    assert all(os.path.exists(f"/proc/{pid}") for pid in live_processes(state))
+    assert history(PROJECT, "staging")[-1]["reason"] == "test: by hand"
