@@ -3,7 +3,6 @@ replicas as processes, a real nginx in front, a load generator through it."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from tasks.deploy import environment as deploys
 from tasks.deploy.base import Release
 from tasks.deploy.proxy import nginx_binary
 from tasks.deploy.state import EnvironmentState, history
+from tasks.services.host import process_start_time
 from tests.deploy_support import Built, LoadGenerator, build_releases, get, settings
 
 pytestmark = pytest.mark.slow
@@ -160,5 +160,5 @@ def test_rollback_by_hand_restarts_the_previous_release(
     assert load.failed == []
     assert state.live is not None and state.live.release == first and state.previous == good
     assert get(proxy_url("staging")) == (200, first.id)
-    assert all(os.path.exists(f"/proc/{pid}") for pid in live_processes(state))
+    assert all(process_start_time(pid) is not None for pid in live_processes(state))
     assert history(PROJECT, "staging")[-1]["reason"] == "test: by hand"
