@@ -76,6 +76,7 @@ Argv = Annotated[
     Field(min_length=1, max_length=64),
     AfterValidator(_known_placeholders),
 ]
+Count = Annotated[int, BeforeValidator(_no_bool)]
 EnvironmentName = Annotated[str, AfterValidator(_env_name)]
 BranchName = Annotated[str, Field(min_length=1, max_length=255)]
 
@@ -87,7 +88,7 @@ class HealthCheck(_Model):
     path: Annotated[str, Field(max_length=1024, pattern=r"/\S*")] | None = "/healthz"
     command: Argv | None = None
     interval: Seconds = 0.2
-    count: int = Field(default=5, ge=1, le=1000)
+    count: Count = Field(default=5, ge=1, le=1000)
     timeout: Seconds = 30.0
 
     @model_validator(mode="after")
@@ -118,7 +119,7 @@ class Strategy(_Model):
     # Every step (start a replica, wait healthy, switch, analyse) has a deadline
     # and is retried this many times on an infrastructure error.
     step_timeout: Seconds = 120.0
-    retries: int = Field(default=1, ge=0, le=10)
+    retries: Count = Field(default=1, ge=0, le=10)
     # How long in-flight requests get after traffic left a replica set.
     drain_seconds: Annotated[
         float, BeforeValidator(_no_bool), Field(ge=0, le=600, allow_inf_nan=False)
@@ -139,7 +140,7 @@ class Analysis(_Model):
     ] = 2.0
     alpha: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, lt=1)] = 0.05
     # Fewer canary requests than this in a step: no data, a failure.
-    min_requests: int = Field(default=1, ge=1, le=1_000_000)
+    min_requests: Count = Field(default=1, ge=1, le=1_000_000)
     # Inconclusive (too few intervals to compare latency): pause for a person
     # (true) or count it as passed (false).
     pause_when_inconclusive: bool = False
@@ -154,10 +155,10 @@ class Hooks(_Model):
 
 class DeployEnvironment(_Model):
     runtime: RuntimeName = "process"
-    replicas: int = Field(default=2, ge=1, le=64)
+    replicas: Count = Field(default=2, ge=1, le=64)
     start: Argv
     # The proxy's port; none: a free one, chosen at the first deploy and kept.
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Count | None = Field(default=None, ge=1, le=65535)
     health: HealthCheck = HealthCheck()
     strategy: Strategy = Strategy()
     analysis: Analysis = Analysis()

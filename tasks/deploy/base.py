@@ -68,6 +68,16 @@ class Replica:
         )
 
 
+def fill(argv: list[str], values: dict[str, str]) -> list[str]:
+    """Placeholders filled in each argument (already checked by the schema)."""
+    out = []
+    for arg in argv:
+        for name, value in values.items():
+            arg = arg.replace("{" + name + "}", value)
+        out.append(arg)
+    return out
+
+
 class Runtime(Protocol):
     name: str
 

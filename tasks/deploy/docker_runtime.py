@@ -16,8 +16,7 @@ from typing import Any
 
 from cicd.config_deploy import DeployEnvironment
 from cicd.errors import InfrastructureError
-from tasks.deploy.base import Release, Replica
-from tasks.deploy.process_runtime import fill
+from tasks.deploy.base import Release, Replica, fill
 
 CONTAINER_WHEELS = "/wheels"
 CONTAINER_PORT = 8000

@@ -21,7 +21,7 @@ from pathlib import Path
 from cicd import command
 from cicd.config_deploy import DeployEnvironment
 from cicd.errors import InfrastructureError
-from tasks.deploy.base import Release, Replica
+from tasks.deploy.base import Release, Replica, fill
 from tasks.services.host import is_alive, process_start_time
 
 READY_MARKER = ".cicd-release-ready"
@@ -32,16 +32,6 @@ STOP_GRACE_SECONDS = 5.0
 def _uv() -> str:
     beside = Path(sys.executable).parent / "uv"
     return str(beside) if beside.is_file() else "uv"
-
-
-def fill(argv: list[str], values: dict[str, str]) -> list[str]:
-    """Placeholders filled in each argument (already checked by the schema)."""
-    out = []
-    for arg in argv:
-        for name, value in values.items():
-            arg = arg.replace("{" + name + "}", value)
-        out.append(arg)
-    return out
 
 
 class ProcessRuntime:
