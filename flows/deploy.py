@@ -25,7 +25,8 @@ from flows.gate import FlowOutcome, finish
 from flows.opening import open_pipeline
 from tasks import notify
 from tasks.deploy import artifacts, gates
-from tasks.deploy.approval import Approval, ask_approval
+from tasks.deploy.analysis import StepAnalysis
+from tasks.deploy.approval import Approval, ask_approval, ask_verdict
 from tasks.deploy.base import Release
 from tasks.deploy.environment import deploy_release
 from tasks.deploy.state import record
@@ -59,6 +60,19 @@ def overall(results: list[JobResult]) -> str:
     ):
         return "success"
     return "partial" if passed else "failed"
+
+
+def _deploy_with_pauses(
+    release: Release, name: str, settings: DeployEnvironment, extra: dict[str, Any]
+) -> dict[str, Any]:
+    def decide(step: StepAnalysis) -> bool:
+        answer = ask_verdict(name, release, step.reason, settings.analysis.pause_timeout)
+        extra.setdefault("canary_decisions", []).append(
+            {"approver": answer.approver, "proceed": answer.proceed, "comment": answer.comment}
+        )
+        return answer.proceed
+
+    return deploy_release(release.name, name, settings, release, decide, extra).to_json()
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -119,7 +133,12 @@ def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = N
                         )
                     )
                     break
-            outcome = deploy_task(release.name, name, settings, release, extra)
+            if settings.analysis.pause_when_inconclusive:
+                # A pause cannot happen inside a task run: this deploy runs in the
+                # flow itself, so that an inconclusive step can wait for a person.
+                outcome = _deploy_with_pauses(release, name, settings, extra)
+            else:
+                outcome = deploy_task(release.name, name, settings, release, extra)
             ok = outcome["outcome"] in ("success", "partial", "planned")
             results.append(
                 JobResult(

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cicd.config_deploy import Analysis
 from tasks.deploy import artifacts
 from tasks.deploy import environment as deploys
+from tasks.deploy.analysis import StepAnalysis
 from tasks.deploy.base import Release
 from tasks.deploy.proxy import nginx_binary
 from tasks.deploy.state import EnvironmentState, history
@@ -162,3 +164,31 @@ def test_rollback_by_hand_restarts_the_previous_release(
     assert get(proxy_url("staging")) == (200, first.id)
     assert all(process_start_time(pid) is not None for pid in live_processes(state))
     assert history(PROJECT, "staging")[-1]["reason"] == "test: by hand"
+
+
+@pytest.mark.parametrize("proceed", [True, False])
+def test_inconclusive_canary_waits_for_a_person(
+    built: dict[str, Built], home: Path, proceed: bool
+) -> None:
+    first, good = release_of(built, "main"), release_of(built, "release-good")
+    # two intervals per step: too few to compare latency, hence inconclusive
+    conf = settings(steps=(50, 100), step_seconds=1.0).model_copy(
+        update={"analysis": Analysis(interval=0.5, pause_when_inconclusive=True)}
+    )
+    deploys.deploy_release(PROJECT, "staging", conf, first)
+    asked: list[str] = []
+
+    def person(step: StepAnalysis) -> bool:
+        asked.append(step.reason)
+        return proceed
+
+    with LoadGenerator(proxy_url("staging")) as load:
+        result = deploys.deploy_release(PROJECT, "staging", conf, good, decide=person)
+    assert asked and "too few intervals" in asked[0]
+    assert load.failed == []
+    if proceed:
+        assert result.outcome == "success"
+        assert get(proxy_url("staging")) == (200, good.id)
+    else:
+        assert result.outcome == "rolled-back" and "not approved" in result.reason
+        assert get(proxy_url("staging")) == (200, first.id)
