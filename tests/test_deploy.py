@@ -3,13 +3,16 @@ replicas as processes, a real nginx in front, a load generator through it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cicd.config_deploy import Analysis
+from cicd.config_deploy import Analysis, Hooks
 from tasks.deploy import artifacts
 from tasks.deploy import environment as deploys
 from tasks.deploy.analysis import StepAnalysis
@@ -157,13 +160,46 @@ def test_rollback_by_hand_restarts_the_previous_release(
     assert deploys.deploy_release(PROJECT, "staging", settings("immediate"), good).outcome == (
         "success"
     )
+    cicd = [str(Path(sys.executable).parent / "cicd"), "deploy"]
     with LoadGenerator(proxy_url("staging")) as load:
-        state = deploys.rollback_environment(PROJECT, "staging", "test: by hand")
+        done = subprocess.run(
+            [*cicd, "rollback", "staging", "--reason", "test: by hand", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["live"] == first.id
     assert load.failed == []
-    assert state.live is not None and state.live.release == first and state.previous == good
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None
+    assert state.live.release == first and state.previous == good
     assert get(proxy_url("staging")) == (200, first.id)
     assert all(process_start_time(pid) is not None for pid in live_processes(state))
     assert history(PROJECT, "staging")[-1]["reason"] == "test: by hand"
+    nowhere = subprocess.run([*cicd, "rollback", "nowhere"], capture_output=True, text=True)
+    assert nowhere.returncode == 2
+    assert "environment 'nowhere': nothing was ever deployed there" in nowhere.stderr
+
+
+def test_hooks_run_before_and_after_and_a_failing_post_hook_is_partial(
+    built: dict[str, Built], home: Path, tmp_path: Path
+) -> None:
+    first, good = release_of(built, "main"), release_of(built, "release-good")
+    marker = tmp_path / "pre-ran"
+    refused = settings("immediate", hooks=Hooks(pre=[["/bin/false"]]))
+    result = deploys.deploy_release(PROJECT, "staging", refused, first)
+    assert result.outcome == "rolled-back" and "pre-deploy hooks" in result.reason
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is None and state.routing == []
+    hooked = settings(
+        "immediate",
+        hooks=Hooks(pre=[["/usr/bin/touch", str(marker)]], post=[["/bin/false"]]),
+    )
+    result = deploys.deploy_release(PROJECT, "staging", hooked, good)
+    assert marker.is_file()
+    assert result.outcome == "partial" and "/bin/false" in result.reason
+    assert get(proxy_url("staging")) == (200, good.id)  # deployed: a post hook cannot undo it
 
 
 @pytest.mark.parametrize("proceed", [True, False])
