@@ -20,6 +20,7 @@ from tasks.deploy import environment as deploys
 from tasks.deploy.state import EnvironmentState, history
 from tasks.services.host import process_start_time
 from tests.deploy_support import LoadGenerator, get
+from tests.receiver import running_receiver
 from tests.sample_repos import commit_on_branch
 
 pytestmark = pytest.mark.slow
@@ -76,12 +77,21 @@ def run_flow(repo: Path, ref: str, env: str | None = None) -> dict[str, object]:
 def test_production_refused_from_a_branch_that_is_not_allowed(
     sample_repos: dict[str, Path], home: Path
 ) -> None:
-    report = run_flow(sample_repos["agentkit"], "release-good")
+    repo = sample_repos["agentkit"]
+    with running_receiver() as receiver:
+        with commit_on_branch(repo, "notify-partial", "ci: notify", base="release-good"):
+            config = yaml.safe_load((repo / "cicd.yaml").read_text())
+            config["notify"] = {"webhook_url": receiver.url}
+            (repo / "cicd.yaml").write_text(yaml.safe_dump(config))
+        report = run_flow(repo, "notify-partial")
+    # seed 000: the notification carries the outcome (success / partial / failed)
+    (message,) = receiver.received
+    assert "partial" in message["json"]["text"] and "refused" in message["json"]["text"]
     jobs = {j["name"]: j for j in report["jobs"]}  # type: ignore[attr-defined]
     assert report["state"] == "failed" and report["deploy"]["outcome"] == "partial"  # type: ignore[index]
     assert jobs["deploy-staging"]["state"] == "passed"
     assert jobs["deploy-production"]["reason"].startswith(
-        "refused: environment 'production' deploys only from main; got ref 'release-good'"
+        "refused: environment 'production' deploys only from main; got ref 'notify-partial'"
     )
     assert EnvironmentState.load(PROJECT, "production") is None  # nothing started there
     assert history(PROJECT, "production")[-1]["outcome"] == "refused"
