@@ -35,12 +35,18 @@ FLOW_NAME: Final = "deploy"
 
 
 @task(name="artifact")
-def artifact_task(workspace: str, commit: str, ref: str, given: str | None, log: str) -> Release:
+def artifact_task(
+    workspace: str, commit: str, ref: str, given: str | None, index_url: str | None, log: str
+) -> Release:
+    """The commit's wheel built once; or a given wheel file; or ``name==version``
+    fetched from the index (``release.index_url``, else pip's)."""
     from pathlib import Path
 
-    if given is not None:
+    if given is None:
+        return artifacts.build_release(Path(workspace), commit, ref, Path(log))
+    if given.endswith(".whl"):
         return artifacts.keep(Path(given), commit, ref)
-    return artifacts.build_release(Path(workspace), commit, ref, Path(log))
+    return artifacts.fetch_release(given, index_url, commit, ref)
 
 
 @task(name="deploy-environment")
@@ -91,7 +97,12 @@ def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = N
 
         # build once: the same file goes to every environment
         release = artifact_task(
-            str(checkout.path), checkout.commit, ref, artifact, str(run.log("build"))
+            str(checkout.path),
+            checkout.commit,
+            ref,
+            artifact,
+            config.release.index_url,
+            str(run.log("build")),
         )
         results: list[JobResult] = []
         for name in targets:

@@ -153,7 +153,11 @@ register(
         "build once, staging then production by strategy, gates, rollback (issue 12)",
         options=(
             Option("--env", "env", "deploy to this environment only (default: all, in order)"),
-            Option("--artifact", "artifact", "deploy this wheel instead of building the commit"),
+            Option(
+                "--artifact",
+                "artifact",
+                "deploy this wheel file, or NAME==VERSION from the index, instead of a build",
+            ),
         ),
     )
 )

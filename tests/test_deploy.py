@@ -4,6 +4,7 @@ replicas as processes, a real nginx in front, a load generator through it."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -228,3 +229,21 @@ def test_inconclusive_canary_waits_for_a_person(
     else:
         assert result.outcome == "rolled-back" and "not approved" in result.reason
         assert get(proxy_url("staging")) == (200, first.id)
+
+
+def test_an_artifact_from_the_index_is_the_one_deployed(
+    built: dict[str, Built], home: Path, tmp_path: Path
+) -> None:
+    from tests.pypiserver_fixture import running_pypiserver
+
+    wheel = built["release-good"].wheel
+    with running_pypiserver(tmp_path / "index") as index:
+        shutil.copyfile(wheel, index.packages / wheel.name)
+        fetched = artifacts.fetch_release(
+            "agentkit-sample==0.3.0", index.simple_url, built["release-good"].commit, "v0.3.0"
+        )
+    assert fetched.sha256 == release_of(built, "release-good").sha256
+    assert deploys.deploy_release(PROJECT, "staging", settings("immediate"), fetched).outcome == (
+        "success"
+    )
+    assert get(proxy_url("staging")) == (200, fetched.id)
