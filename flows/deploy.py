@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from cicd.config_deploy import DeployEnvironment
 from cicd.errors import BadInput
+from cicd.git import resolve_commit
 from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome, finish
 from flows.opening import open_pipeline
@@ -108,7 +109,8 @@ def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = N
         for name in targets:
             settings = environments[name]
             job = f"deploy-{name}"
-            refused = gates.refusal(release.name, name, settings, release)
+            tips = {b: resolve_commit(checkout.mirror, b) for b in settings.branches or []}
+            refused = gates.refusal(release.name, name, settings, release, tips)
             if refused is not None:
                 record(
                     {

@@ -167,3 +167,19 @@ def test_docker_specs_install_exactly_the_artifact() -> None:
     assert spec["command"] == ["agentkit-serve", "--port", "8000"]
     assert spec["ports"] == {"8000/tcp": ("127.0.0.1", 41000)}
     assert spec["environment"]["CICD_RELEASE"] == release.id and spec["environment"]["MODE"] == "x"
+
+
+def test_the_branch_gate_takes_the_ref_name_or_an_allowed_tip(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.deploy.gates import refusal
+
+    monkeypatch.setenv("CICD_HOME", str(tmp_path))
+    production = DeployEnvironment(start=["serve"], branches=["main"])
+    release = Release("app", "1.0", "a" * 40, "HEAD", "/x.whl", "b" * 64)
+    assert refusal("app", "production", production, release) is not None
+    assert refusal("app", "production", production, release, {"main": "a" * 40}) is None
+    assert refusal("app", "production", production, release, {"main": "c" * 40}) is not None
+    needs_staging = DeployEnvironment(start=["serve"], requires="staging")
+    why = refusal("app", "production", needs_staging, release)
+    assert why is not None and "has not been deployed there successfully" in why
