@@ -4,7 +4,9 @@ replicas as processes, a real nginx in front, a load generator through it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -247,3 +249,25 @@ def test_an_artifact_from_the_index_is_the_one_deployed(
         "success"
     )
     assert get(proxy_url("staging")) == (200, fetched.id)
+
+
+def test_a_crashed_replica_is_restarted_by_the_next_run(
+    built: dict[str, Built], home: Path
+) -> None:
+    first = release_of(built, "main")
+    deploys.deploy_release(PROJECT, "staging", settings("immediate"), first)
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None
+    crashed = state.live.replicas[0]
+    os.killpg(crashed.pid, signal.SIGKILL)
+    while process_start_time(crashed.pid) is not None:
+        time.sleep(0.01)
+    assert deploys.deploy_release(PROJECT, "staging", settings("immediate"), first).outcome == (
+        "success"
+    )
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None and len(state.live.replicas) == 2
+    assert crashed not in state.live.replicas
+    assert all(process_start_time(r.pid) is not None for r in state.live.replicas)
+    assert sorted(p for p, _ in state.routing) == sorted(state.live.ports)
+    assert history(PROJECT, "staging")[-2]["action"] == "reconcile"

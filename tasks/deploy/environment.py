@@ -75,6 +75,25 @@ def open_environment(project: str, environment: str, settings: DeployEnvironment
             }
         )
         recovered = True
+    elif state.live is not None and state.live.replicas:
+        # Replicas are not watched between runs: every run first brings the
+        # live set back to its size (a crashed replica restarted, routing updated).
+        runtime = runtime_named(settings.runtime)
+        dead = [r for r in state.live.replicas if not runtime.running(r)]
+        if dead:
+            restore_live(
+                state, runtime, proxy, settings, environment_dir(project, environment) / "logs"
+            )
+            record(
+                {
+                    "action": "reconcile",
+                    "project": project,
+                    "environment": environment,
+                    "release": state.live.release.to_json(),
+                    "outcome": "success",
+                    "reason": f"{len(dead)} live replica(s) had exited: restarted",
+                }
+            )
     return Opened(state, proxy, recovered)
 
 
