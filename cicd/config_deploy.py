@@ -147,6 +147,16 @@ class Analysis(_Model):
     pause_timeout: Seconds = 3600.0
 
 
+class Monitor(_Model):
+    """After the switch, through the proxy: ``count`` checks of the health path
+    ``interval`` apart, every one passing (seed 002: monitoring with five
+    consecutive healthy checks); a failure rolls the release back."""
+
+    enabled: bool = True
+    count: Count = Field(default=5, ge=1, le=1000)
+    interval: Seconds = 1.0
+
+
 class Hooks(_Model):
     pre: list[Argv] = Field(default=[], max_length=20)
     post: list[Argv] = Field(default=[], max_length=20)
@@ -162,6 +172,7 @@ class DeployEnvironment(_Model):
     health: HealthCheck = HealthCheck()
     strategy: Strategy = Strategy()
     analysis: Analysis = Analysis()
+    monitor: Monitor = Monitor()
     hooks: Hooks = Hooks()
     env: dict[Annotated[str, Field(pattern=r"[A-Za-z_][A-Za-z0-9_]{0,127}")], str] = Field(
         default={}, max_length=100

@@ -3,7 +3,8 @@
     build (or fetch) the artifact once -> staging: deploy by its strategy,
       health, analysis, automatic rollback -> production gate (allowed branch,
       the artifact passed staging, approval in the Prefect UI when configured)
-      -> production: the same artifact, by its strategy -> notify
+      -> monitor through the proxy (a failure rolls back: the transaction's hook)
+      -> production: the same artifact, by its strategy, monitored -> notify
       (success / partial success / failed, seed 000)
 
 Every environment's deploy is one task whose result records its plan, each
@@ -17,6 +18,7 @@ from typing import Any, Final
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.transactions import Transaction, transaction
 
 from cicd.config_deploy import DeployEnvironment
 from cicd.errors import BadInput
@@ -29,7 +31,12 @@ from tasks.deploy import artifacts, gates
 from tasks.deploy.analysis import StepAnalysis
 from tasks.deploy.approval import Approval, ask_approval, ask_verdict
 from tasks.deploy.base import Release
-from tasks.deploy.environment import deploy_release
+from tasks.deploy.environment import (
+    MonitorFailed,
+    deploy_release,
+    monitor_environment,
+    rollback_environment,
+)
 from tasks.deploy.state import record
 
 FLOW_NAME: Final = "deploy"
@@ -57,6 +64,21 @@ def deploy_task(
     return deploy_release(project, name, settings, release, extra=extra).to_json()
 
 
+@deploy_task.on_rollback
+def _undo_deploy(txn: Transaction) -> None:
+    """Prefect's transaction rollback hook: what the environment's transaction
+    did not keep (monitoring failed after the switch) goes back to the previous
+    release (https://docs.prefect.io/v3/develop/transactions)."""
+    target = txn.get("deploy")
+    rollback_environment(target["project"], target["environment"], target["reason"])
+
+
+@task(name="monitor")
+def monitor_task(project: str, name: str, settings: DeployEnvironment) -> dict[str, Any]:
+    health = monitor_environment(project, name, settings)
+    return {"checks": health.checks, "seconds": round(health.seconds, 3)}
+
+
 def overall(results: list[JobResult]) -> str:
     """Seed 000's outcome: every environment deployed, some, or none."""
     passed = [r for r in results if r.state is JobState.PASSED]
@@ -67,6 +89,38 @@ def overall(results: list[JobResult]) -> str:
     ):
         return "success"
     return "partial" if passed else "failed"
+
+
+def _deploy_and_monitor(
+    release: Release, name: str, settings: DeployEnvironment, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Deploy, then monitor through the proxy, in one transaction: a failed
+    monitor rolls the transaction back, and with it the deploy (its hook)."""
+    pauses = settings.analysis.pause_when_inconclusive
+    outcome: dict[str, Any] = {}
+    try:
+        with transaction() as txn:
+            txn.set(
+                "deploy",
+                {
+                    "project": release.name,
+                    "environment": name,
+                    "reason": "monitoring after the switch failed",
+                },
+            )
+            if pauses:
+                # A pause cannot happen inside a task run: this deploy runs in the
+                # flow itself, so that an inconclusive step can wait for a person.
+                outcome = _deploy_with_pauses(release, name, settings, extra)
+            else:
+                outcome = deploy_task(release.name, name, settings, release, extra)
+            if outcome["outcome"] in ("success", "partial"):
+                outcome["monitor"] = monitor_task(release.name, name, settings)
+    except MonitorFailed as failed:
+        if pauses:  # not a task: no hook to run
+            rollback_environment(release.name, name, "monitoring after the switch failed")
+        outcome = {**outcome, "outcome": "rolled-back", "reason": str(failed)}
+    return outcome
 
 
 def _deploy_with_pauses(
@@ -146,12 +200,7 @@ def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = N
                         )
                     )
                     break
-            if settings.analysis.pause_when_inconclusive:
-                # A pause cannot happen inside a task run: this deploy runs in the
-                # flow itself, so that an inconclusive step can wait for a person.
-                outcome = _deploy_with_pauses(release, name, settings, extra)
-            else:
-                outcome = deploy_task(release.name, name, settings, release, extra)
+            outcome = _deploy_and_monitor(release, name, settings, extra)
             ok = outcome["outcome"] in ("success", "partial", "planned")
             results.append(
                 JobResult(

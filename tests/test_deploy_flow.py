@@ -17,7 +17,7 @@ import yaml
 
 from cicd.results import PipelineFailed
 from tasks.deploy import environment as deploys
-from tasks.deploy.state import EnvironmentState, history
+from tasks.deploy.state import EnvironmentState, history, passed
 from tasks.services.host import process_start_time
 from tests.deploy_support import LoadGenerator, get
 from tests.receiver import running_receiver
@@ -52,6 +52,18 @@ def deploy_repo(sample_repos: dict[str, Path]) -> Path:
     with commit_on_branch(repo, "kill-b", "feat: the release that is killed", base="kill-a"):
         flags = repo / "src" / "agentkit_service" / "__init__.py"
         flags.write_text(flags.read_text() + "\nRELEASE_NOTE = 'killed mid-canary'\n")
+    immediate = {"kind": "immediate"}
+    monitor = {"count": 5, "interval": 1.0}
+    with commit_on_branch(repo, "degrade-a", "ci: monitored immediate deploys"):
+        config["deploy"]["environments"] = {
+            "staging": fast(staging, strategy=immediate, monitor=monitor)
+        }
+        (repo / "cicd.yaml").write_text(yaml.safe_dump(config))
+    with commit_on_branch(repo, "degrade-b", "feat: unhealthy after 2 s", base="degrade-a"):
+        flags = repo / "src" / "agentkit_service" / "__init__.py"
+        flags.write_text(
+            flags.read_text().replace("HEALTHY_SECONDS = 0.0", "HEALTHY_SECONDS = 2.0")
+        )
     return repo
 
 
@@ -212,3 +224,25 @@ def test_deploy_killed_mid_canary_is_rolled_back_by_the_next_run(
     assert load.failed == []
     reasons = [e["reason"] for e in history(PROJECT, "staging") if e["action"] == "rollback"]
     assert reasons and "interrupted deploy" in reasons[-1]
+
+
+def test_monitoring_failure_after_the_switch_rolls_back_through_the_transaction(
+    deploy_repo: Path, home: Path
+) -> None:
+    assert run_flow(deploy_repo, "degrade-a", env="staging")["state"] == "passed"
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None
+    stable = state.live.release
+    report = run_flow(deploy_repo, "degrade-b", env="staging")
+    (job,) = report["jobs"]  # type: ignore[misc]
+    assert job["state"] == "failed"
+    assert job["reason"].startswith("monitoring through the proxy after the switch: check")
+    state = EnvironmentState.load(PROJECT, "staging")
+    assert state is not None and state.live is not None and state.live.release == stable
+    assert get(f"http://127.0.0.1:{state.proxy_port}/") == (200, stable.id)
+    rollback = history(PROJECT, "staging")[-1]
+    assert rollback["action"] == "rollback" and rollback["reason"] == (
+        "monitoring after the switch failed"
+    )
+    degraded = rollback["from_sha256"]
+    assert not passed(PROJECT, "staging", degraded)  # production would refuse it

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cicd.config_deploy import DeployEnvironment
+from cicd.errors import CicdError
 from cicd.locking import file_lock
 from tasks.deploy.all_runtimes import runtime as runtime_named
 from tasks.deploy.base import Release
 from tasks.deploy.deployer import Decide, Deployer, DeployResult
+from tasks.deploy.health import Health, watch
 from tasks.deploy.proxy import Proxy
 from tasks.deploy.rollback import interrupted, restore_live, retire, rollback_to_previous
 from tasks.deploy.state import (
@@ -157,7 +159,7 @@ def rollback_environment(project: str, environment: str, reason: str) -> Environ
     with file_lock(environment_dir(project, environment).with_suffix(".lock")):
         opened = open_environment(project, environment, settings)
         state = opened.state
-        current = state.live.release.id if state.live else None
+        current = state.live.release if state.live else None
         runtime = runtime_named(settings.runtime)
         rollback_to_previous(
             state,
@@ -172,12 +174,30 @@ def rollback_environment(project: str, environment: str, reason: str) -> Environ
                 "project": project,
                 "environment": environment,
                 "release": state.live.release.to_json() if state.live else None,
-                "from": current,
+                "from": current.id if current else None,
+                "from_sha256": current.sha256 if current else None,
                 "outcome": "success",
                 "reason": reason,
             }
         )
         return state
+
+
+class MonitorFailed(CicdError):
+    """The release stopped being healthy behind the proxy after its switch."""
+
+
+def monitor_environment(project: str, environment: str, settings: DeployEnvironment) -> Health:
+    """Seed 002's monitoring: health checks through the proxy after the switch."""
+    state = EnvironmentState.load(project, environment)
+    if state is None or not settings.monitor.enabled:
+        return Health(True, 0, 0.0, "not monitored")
+    health = watch(
+        settings.health, state.proxy_port, settings.monitor.count, settings.monitor.interval
+    )
+    if not health.healthy:
+        raise MonitorFailed(f"monitoring through the proxy after the switch: {health.detail}")
+    return health
 
 
 def stop_environment(project: str, environment: str) -> None:

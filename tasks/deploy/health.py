@@ -46,6 +46,18 @@ def probe(check: HealthCheck, port: int) -> tuple[bool, str]:
     return http_ok(port, check.path or "/healthz")
 
 
+def watch(check: HealthCheck, port: int, count: int, interval: float) -> Health:
+    """``count`` probes ``interval`` apart, all of which must pass (no streak resets)."""
+    started = time.monotonic()
+    for number in range(1, count + 1):
+        ok, detail = probe(check, port)
+        if not ok:
+            return Health(False, number, time.monotonic() - started, f"check {number}: {detail}")
+        if number < count:
+            time.sleep(interval)
+    return Health(True, count, time.monotonic() - started, "every check passed")
+
+
 def wait_healthy(
     check: HealthCheck, port: int, running: Callable[[], bool], timeout: float | None = None
 ) -> Health:

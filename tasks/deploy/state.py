@@ -200,10 +200,12 @@ def history(project: str | None = None, environment: str | None = None) -> list[
 
 
 def passed(project: str, environment: str, sha256: str) -> bool:
-    """Whether this artifact was deployed to ``environment`` successfully."""
-    return any(
-        e.get("action") == "deploy"
-        and e.get("outcome") == "success"
-        and e.get("release", {}).get("sha256") == sha256
-        for e in history(project, environment)
-    )
+    """Whether this artifact was deployed to ``environment`` successfully and
+    not rolled back from since."""
+    ok = False
+    for e in history(project, environment):
+        if e.get("action") == "deploy" and e.get("release", {}).get("sha256") == sha256:
+            ok = ok or e.get("outcome") == "success"
+        elif e.get("action") == "rollback" and e.get("from_sha256") == sha256:
+            ok = False  # rolled back from it afterwards (monitoring, by hand)
+    return ok

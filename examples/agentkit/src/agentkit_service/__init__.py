@@ -8,5 +8,7 @@ that answers errors or never becomes healthy (the deploy tests' scenarios).
 ERROR_EVERY = 0
 # False: /healthz always answers 503 (a release that never becomes healthy).
 HEALTHY = True
+# > 0: /healthz answers 503 once the process has run this long (a release that degrades).
+HEALTHY_SECONDS = 0.0
 # Extra seconds every request takes (a slower release).
 DELAY_SECONDS = 0.0

@@ -65,13 +65,17 @@ class Metrics:
 
 
 METRICS = Metrics()
+STARTED = time.monotonic()
 RELEASE = os.environ.get("CICD_RELEASE", "dev")  # set by cicd-flows' deploy
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path == "/healthz":
-            self._answer(200 if flags.HEALTHY else 503, "ok\n" if flags.HEALTHY else "no\n")
+            healthy = flags.HEALTHY and not (
+                flags.HEALTHY_SECONDS and time.monotonic() - STARTED > flags.HEALTHY_SECONDS
+            )
+            self._answer(200 if healthy else 503, "ok\n" if healthy else "no\n")
         elif self.path == "/metrics":
             self._answer(200, METRICS.render(), "text/plain; version=0.0.4")
         else:
