@@ -123,15 +123,16 @@ def test_release_with_errors_is_rolled_back_at_the_first_canary_step(
         result = deploys.deploy_release(PROJECT, "staging", settings(), bad)
         after = time.monotonic()
         time.sleep(1.0)
-    assert result.outcome == "rolled-back"
-    assert result.reason.startswith("analyse at 10%: canary error rate"), result.reason
+    seen = (result.reason, load.failed[:5], load.releases())
+    assert result.outcome == "rolled-back", seen
+    assert result.reason.startswith("analyse at 10%: canary error rate"), seen
     routed = [s for s in result.steps if s.get("action") == "route"]
     assert len(routed) == 1  # never went past 10 %
     bad_answers = [r for r in load.results if r[2] == bad.id]
-    assert load.failed and all(r[2] == bad.id for r in load.failed)
+    assert load.failed and all(r[2] == bad.id for r in load.failed), seen
     window = [r for r in load.results if r[0] >= min(r[0] for r in bad_answers)]
-    assert len(load.failed) <= 0.10 * len(window) + 1
-    assert load.releases(since=after) == {first.id: load.releases(since=after)[first.id]}
+    assert len(load.failed) <= 0.10 * len(window) + 1, (len(window), seen)
+    assert set(load.releases(since=after)) == {first.id}, seen
     state = EnvironmentState.load(PROJECT, "staging")
     assert state is not None and state.live is not None and state.live.release == first
     assert state.pending is None and state.phase == "idle"
@@ -271,3 +272,19 @@ def test_a_crashed_replica_is_restarted_by_the_next_run(
     assert all(process_start_time(r.pid) is not None for r in state.live.replicas)
     assert sorted(p for p, _ in state.routing) == sorted(state.live.ports)
     assert history(PROJECT, "staging")[-2]["action"] == "reconcile"
+
+
+def test_a_replica_that_exits_at_start_is_retried_on_a_new_port(
+    built: dict[str, Built], home: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "tried-once"
+    # the first start exits at once, as a replica whose port was taken would
+    script = f'test -e {marker} || {{ touch {marker}; exit 1; }}; exec agentkit-serve --port "$1"'
+    conf = settings("immediate", replicas=1).model_copy(
+        update={"start": ["/bin/sh", "-c", script, "serve", "{port}"]}
+    )
+    result = deploys.deploy_release(PROJECT, "staging", conf, release_of(built, "main"))
+    assert result.outcome == "success", result.reason
+    start = next(s for s in result.steps if s.get("action") == "start")
+    assert start["attempts"] == 2 and "exited at start" in start["retried"][0]
+    assert get(proxy_url("staging"))[0] == 200

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class Deployer:
                 )
                 self.new.replicas[index : index + 1] = [replica]
                 self.state.save()  # every process we started is on record at once
+                self._wait_listening(replica.port, index, deadline)
             return None
         if step.action == "health":
             for index in step.replicas:
@@ -155,6 +157,22 @@ class Deployer:
             self._retire(step.keep_standby)
             return None
         raise AssertionError(step.action)
+
+    def _wait_listening(self, port: int, index: int, deadline: float) -> None:
+        """Until the replica accepts connections. One that exits first (its port
+        taken between choosing and binding it: free ports are only free when
+        asked) is an infrastructure error, retried on a new port."""
+        replica = self.new.replicas[index]
+        while time.monotonic() < deadline:
+            if not self.runtime.running(replica):
+                log = self.log_dir / f"{self.release.id}-{port}.log"
+                tail = log.read_text(errors="replace")[-500:] if log.is_file() else ""
+                raise InfrastructureError(f"replica on port {port} exited at start: {tail}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
 
     def _servers(self, plan: Plan, step: Step) -> list[tuple[int, int]]:
         old_ports = self.old.ports if self.old else []
