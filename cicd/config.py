@@ -305,7 +305,12 @@ def _check_workspace(root: Path, config: PipelineConfig, source: str) -> None:
             "field 'quality.pre_commit': runs the hooks instead of "
             f"{', '.join(config.quality.tools())}; configure one or the other"
         )
-    if not config.quality.tools() and not config.quality.pre_commit and not config.tests:
+    if (
+        not config.quality.tools()
+        and not config.quality.pre_commit
+        and not config.tests
+        and config.deploy is None
+    ):
         problems.append(
             "configures no job: no quality tool and no test suite (add 'quality' or 'tests')"
         )

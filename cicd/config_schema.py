@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from cicd.config_deploy import DeployConfig
 from cicd.config_loading import clipped, shown
 
 LlmMode = Literal["mock", "replay", "record", "live"]
@@ -441,6 +442,7 @@ class PipelineConfig(_Model):
     statuses: StatusesConfig | None = None
     pipelines: dict[PipelineName, PipelineSettings] = {}
     ignore_paths: list[IgnorePattern] = Field(default=[], max_length=1000)
+    deploy: DeployConfig | None = None  # cicd/config_deploy.py (issue 12)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PipelineConfig:

@@ -146,6 +146,21 @@ register(
         options=(Option("--webhook-url", "webhook_url", "where to send the summary"),),
     )
 )
+register(
+    Pipeline(
+        "deploy",
+        "flows.deploy:deploy",
+        "build once, staging then production by strategy, gates, rollback (issue 12)",
+        options=(
+            Option("--env", "env", "deploy to this environment only (default: all, in order)"),
+            Option(
+                "--artifact",
+                "artifact",
+                "deploy this wheel file, or NAME==VERSION from the index, instead of a build",
+            ),
+        ),
+    )
+)
 
 
 def pipeline(name: str) -> Pipeline:

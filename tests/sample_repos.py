@@ -54,7 +54,8 @@ def commit_on_branch(repo: Path, branch: str, message: str, base: str = "main") 
 def build_sample_repos(root: Path) -> dict[str, Path]:
     """One repository, a branch per scenario.
 
-    main (green), lint-error, failing-test, docs-only, bad-config, hang.
+    main (green), lint-error, failing-test, docs-only, bad-config, hang;
+    release-good, release-errors (5 % errors), release-unhealthy (deploys).
     """
     repo = create_sample_repo(root / "agentkit")
 
@@ -82,5 +83,15 @@ def build_sample_repos(root: Path) -> dict[str, Path]:
             "tests:\n"
             "  unit: {paths: [tests/unit], timeout: 8}\n"
         )
+
+    # Deploy scenarios (tests/test_deploy*.py): the flags of the sample's HTTP
+    # service are baked into each release's commit.
+    flags = repo / "src" / "agentkit_service" / "__init__.py"
+    with commit_on_branch(repo, "release-good", "feat: a good release"):
+        flags.write_text(flags.read_text() + "\nRELEASE_NOTE = 'a good release'\n")
+    with commit_on_branch(repo, "release-errors", "feat: a release answering 5 % errors"):
+        flags.write_text(flags.read_text().replace("ERROR_EVERY = 0", "ERROR_EVERY = 20"))
+    with commit_on_branch(repo, "release-unhealthy", "feat: a release that is never healthy"):
+        flags.write_text(flags.read_text().replace("HEALTHY = True", "HEALTHY = False"))
 
     return {"agentkit": repo}

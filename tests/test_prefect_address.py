@@ -116,6 +116,7 @@ ARGV = {
     "up": ["up"],
     "down": ["down"],
     "gc": ["gc", "--dry-run"],
+    "deploy": ["deploy", "status", "staging"],
     "webhook": ["webhook", "--secret-env", "S"],
 }
 

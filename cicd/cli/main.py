@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from cicd import __version__, command
 from cicd.cli import prefect_settings
-from cicd.cli.commands import baseline, down, gc, run, up, webhook
+from cicd.cli.commands import baseline, deploy, down, gc, run, up, webhook
 from cicd.cli.error_handler import Outcome, error_handler
 from cicd.errors import BadInput
 
@@ -67,6 +67,11 @@ COMMANDS: dict[
         _simple(up.run),
     ),
     "down": ("stop what `cicd up` started", down.add_arguments, _simple(down.run)),
+    "deploy": (
+        "roll an environment back to its previous release, show or stop it",
+        deploy.add_arguments,
+        _simple(deploy.run),
+    ),
     "webhook": (
         "receive git host webhooks and start deployments",
         webhook.add_arguments,
