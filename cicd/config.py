@@ -34,7 +34,6 @@ from cicd.config_schema import (
     DEFAULT_LLM_EXPORT,
     DEFAULT_NEO4J_EXPORT,
     LLM_PLACEHOLDERS,
-    PLACEHOLDER,
     SERVICE_PLACEHOLDERS,
     BenchmarkConfig,
     EnvironmentConfig,
@@ -51,6 +50,7 @@ from cicd.config_schema import (
     SuiteConfig,
     ToolConfig,
 )
+from cicd.config_types import PLACEHOLDER
 from cicd.coverage_config import find_coverage_settings
 from cicd.errors import ConfigError
 from cicd.pytest_config import find_pytest_config
