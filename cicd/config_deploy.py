@@ -141,6 +141,11 @@ class Analysis(_Model):
     alpha: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, lt=1)] = 0.05
     # Fewer canary requests than this in a step: no data, a failure.
     min_requests: Count = Field(default=1, ge=1, le=1_000_000)
+    # Intervals whose canary error rate is over max_error_rate that a step
+    # tolerates, as Argo Rollouts' failureLimit counts failed measurements
+    # (https://argo-rollouts.readthedocs.io/en/stable/features/analysis/): 0, the
+    # default, fails the step at the first one.
+    failure_limit: Count = Field(default=0, ge=0, le=1000)
     # Inconclusive (too few intervals to compare latency): pause for a person
     # (true) or count it as passed (false).
     pause_when_inconclusive: bool = False

@@ -140,6 +140,25 @@ def test_analysis_fails_on_errors_and_on_no_data() -> None:
     assert judge(StepAnalysis(canary=fine), inconclusive).verdict == "inconclusive"
 
 
+def test_failure_limit_tolerates_that_many_failed_intervals() -> None:
+    from tasks.deploy.analysis import interval_failed
+
+    rules = Analysis(max_error_rate=0.01, failure_limit=2)
+    before, after = Counters(100, 0, 0.5, 100), Counters(120, 3, 0.6, 120)
+    assert interval_failed(before, after, rules)  # 3 of 20 in this interval
+    assert not interval_failed(after, Counters(140, 3, 0.7, 140), rules)
+    assert not interval_failed(after, after, rules)  # no request: not a failure
+    # 5 % over the step, but only two failed intervals: within the limit.
+    seen = StepAnalysis(canary=Counters(100, 5, 0.5, 100), failed_intervals=2)
+    assert judge(seen, rules).verdict == "passed"
+    seen = StepAnalysis(canary=Counters(100, 5, 0.5, 100), failed_intervals=3)
+    judged = judge(seen, rules)
+    assert judged.verdict == "failed" and "failure_limit 2" in judged.reason
+    # The default limit, 0: the first failed interval fails the step.
+    once = StepAnalysis(canary=Counters(100, 5, 0.5, 100), failed_intervals=1)
+    assert judge(once, Analysis(max_error_rate=0.01)).verdict == "failed"
+
+
 def test_analysis_compares_canary_latency_with_the_stable_set() -> None:
     fine = Counters(100, 0, 0.5, 100)
     slow = StepAnalysis(

@@ -94,6 +94,8 @@ class StepAnalysis:
     verdict: Verdict = "inconclusive"
     reason: str = ""
     p_value: float | None = None
+    # Intervals whose own canary error rate was over the threshold.
+    failed_intervals: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -104,6 +106,7 @@ class StepAnalysis:
             "stable_requests": self.stable.requests,
             "stable_errors": self.stable.errors,
             "latency_p_value": self.p_value,
+            "failed_intervals": self.failed_intervals,
         }
 
 
@@ -119,7 +122,17 @@ def judge(step: StepAnalysis, rules: Analysis) -> StepAnalysis:
         )
         return step
     rate = canary.errors / canary.requests
-    if rate > rules.max_error_rate:
+    if step.failed_intervals > rules.failure_limit:
+        step.verdict, step.reason = (
+            "failed",
+            (
+                f"canary error rate over {rules.max_error_rate:.1%} in {step.failed_intervals} "
+                f"interval(s), more than failure_limit {rules.failure_limit} "
+                f"({canary.errors}/{canary.requests} in the step)"
+            ),
+        )
+        return step
+    if rules.failure_limit == 0 and rate > rules.max_error_rate:
         step.verdict, step.reason = (
             "failed",
             (
@@ -143,6 +156,12 @@ def judge(step: StepAnalysis, rules: Analysis) -> StepAnalysis:
         return step
     step.verdict, step.reason = "passed", f"error rate {rate:.1%}, latency ratio {ratio:.2f}"
     return step
+
+
+def interval_failed(before: Counters, after: Counters, rules: Analysis) -> bool:
+    """One measurement, as Argo counts them: this interval's canary error rate."""
+    delta = after - before
+    return delta.requests > 0 and delta.errors / delta.requests > rules.max_error_rate
 
 
 def interval_latency(before: Counters, after: Counters) -> float | None:

@@ -227,13 +227,13 @@ class Deployer:
                 latency = canary_analysis.interval_latency(before, after)
                 if latency is not None:
                     into.append(latency)
+            if canary_analysis.interval_failed(last_c, now_c, rules):
+                seen.failed_intervals += 1
             last_c, last_s = now_c, now_s
             seen.canary, seen.stable = now_c - first_c, now_s - first_s
             # Errors are judged at every interval: a failing canary is stopped
-            # at once, not at the end of its step.
-            if seen.canary.errors and seen.canary.errors / max(1, seen.canary.requests) > (
-                rules.max_error_rate
-            ):
+            # once its failures exceed the limit, not at the end of its step.
+            if seen.failed_intervals > rules.failure_limit:
                 break
         canary_analysis.judge(seen, rules)
         report = seen.to_json()
