@@ -51,7 +51,9 @@ from flows.git_poller import (
 )
 from tests.conftest import BIN, REPO_ROOT, free_port, stop_process_group
 
-PIPELINES = {"pr-validation", "integration", "nightly", "release", "cost-report", "git-poller"}
+PIPELINES = {
+    "pr-validation", "integration", "nightly", "release", "deploy", "cost-report", "git-poller"
+}  # fmt: skip
 CRONS = {"nightly/nightly": "0 2 * * *", "cost-report/cost-report": "0 9 * * 1"}
 
 
