@@ -141,6 +141,13 @@ class Analysis(_Model):
     alpha: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, lt=1)] = 0.05
     # Fewer canary requests than this in a step: no data, a failure.
     min_requests: Count = Field(default=1, ge=1, le=1_000_000)
+    # The canary's error rate minus the stable set's (Kayenta judges the canary
+    # against the baseline, https://github.com/spinnaker/kayenta): over this, the
+    # step fails even when the absolute rate is under max_error_rate. None: off.
+    max_error_rate_increase: Ratio | None = None
+    # Measurements per step (Argo's count): the step's analysis then lasts
+    # count x interval instead of the strategy's step_seconds.
+    count: Count | None = Field(default=None, ge=1, le=10_000)
     # Intervals whose canary error rate is over max_error_rate that a step
     # tolerates, as Argo Rollouts' failureLimit counts failed measurements
     # (https://argo-rollouts.readthedocs.io/en/stable/features/analysis/): 0, the

@@ -159,6 +159,31 @@ def test_failure_limit_tolerates_that_many_failed_intervals() -> None:
     assert judge(once, Analysis(max_error_rate=0.01)).verdict == "failed"
 
 
+def test_the_canary_error_rate_is_also_judged_against_the_stable_sets() -> None:
+    rules = Analysis(max_error_rate=0.10, max_error_rate_increase=0.02)
+    stable = Counters(1000, 10, 5.0, 1000)  # 1 %
+    worse = StepAnalysis(canary=Counters(100, 4, 0.5, 100), stable=stable)  # 4 %: +3 points
+    judged = judge(worse, rules)
+    assert judged.verdict == "failed" and "over the stable set's" in judged.reason
+    alike = StepAnalysis(canary=Counters(100, 2, 0.5, 100), stable=stable)  # +1 point
+    assert judge(alike, rules).verdict == "passed"
+    # Off by default: 4 % is under the absolute bar of 10 %.
+    assert judge(worse, Analysis(max_error_rate=0.10)).verdict == "passed"
+
+
+def test_count_sets_how_long_a_canary_step_is_analysed() -> None:
+    def analysed(analysis: dict[str, object]) -> list[float]:
+        settings = DeployEnvironment.model_validate(
+            {"start": ["serve", "{port}"], "strategy": {"kind": "canary", "steps": [10, 100],
+             "step_seconds": 3}, "analysis": analysis}
+        )  # fmt: skip
+        steps = plan_for(settings, old_replicas=1).steps
+        return [step.analyse_seconds for step in steps if step.action == "analyse"]
+
+    assert analysed({}) == [3.0]
+    assert analysed({"count": 8, "interval": 0.5}) == [4.0]
+
+
 def test_analysis_compares_canary_latency_with_the_stable_set() -> None:
     fine = Counters(100, 0, 0.5, 100)
     slow = StepAnalysis(

@@ -132,6 +132,19 @@ def judge(step: StepAnalysis, rules: Analysis) -> StepAnalysis:
             ),
         )
         return step
+    stable = step.stable
+    increase = rules.max_error_rate_increase
+    if increase is not None and stable.requests:
+        difference = rate - stable.errors / stable.requests
+        if difference > increase:
+            step.verdict, step.reason = (
+                "failed",
+                (
+                    f"canary error rate {rate:.1%} is {difference:.1%} over the stable set's "
+                    f"({stable.errors}/{stable.requests}), more than {increase:.1%}"
+                ),
+            )
+            return step
     if rules.failure_limit == 0 and rate > rules.max_error_rate:
         step.verdict, step.reason = (
             "failed",

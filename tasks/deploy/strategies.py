@@ -107,14 +107,16 @@ def plan_for(settings: DeployEnvironment, old_replicas: int) -> Plan:
                 )
             )
             if percent < 100:
+                rules = settings.analysis
+                seconds = rules.count * rules.interval if rules.count else strategy.step_seconds
                 steps.append(
                     Step(
                         f"analyse at {percent}%",
                         "analyse",
-                        strategy.step_seconds + timeout,
+                        seconds + timeout,
                         0,
                         percent=percent,
-                        analyse_seconds=strategy.step_seconds,
+                        analyse_seconds=seconds,
                     )
                 )
         steps.append(Step("stop the stable set", "retire", timeout, retries))
