@@ -127,16 +127,29 @@ def test_production_only_for_the_artifact_that_passed_staging(
     assert get(f"http://127.0.0.1:{live.proxy_port}/") == (200, live.live.release.id)
 
 
-def _paused_run(deadline: float) -> str:
+def _paused_run(deadline: float, ref: str) -> str:
+    """The paused deploy run of ``ref``: other tests of the session may have left
+    paused runs of their own on the same server."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
 
+    # Asked of the server: in a full test session it holds hundreds of runs, and
+    # an unfiltered first page need not include this one.
+    paused = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+    )
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as client:
-            for run in client.read_flow_runs(limit=50):
-                if run.state is not None and run.state.is_paused():
+            for run in client.read_flow_runs(flow_run_filter=paused, limit=200):
+                if (run.parameters or {}).get("ref") == ref:
                     return str(run.id)
         time.sleep(0.5)
-    raise AssertionError("no paused flow run")
+    raise AssertionError(f"no paused flow run of {ref}")
 
 
 def test_approval_pause_resumes_with_the_approver_recorded(deploy_repo: Path, home: Path) -> None:
@@ -149,7 +162,7 @@ def test_approval_pause_resumes_with_the_approver_recorded(deploy_repo: Path, ho
         start_new_session=True,
     )
     try:
-        run_id = _paused_run(time.monotonic() + 180)
+        run_id = _paused_run(time.monotonic() + 180, "approvals")
         assert EnvironmentState.load(PROJECT, "production") is None  # waiting, not deploying
         resume_flow_run(run_id, run_input={"approver": "alice", "comment": "ship it"})
         out, _ = proc.communicate(timeout=180)

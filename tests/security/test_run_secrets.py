@@ -104,15 +104,21 @@ def prefect_texts() -> Iterator[tuple[str, str]]:
                 data = json.dumps(artifact.data, default=str)
                 yield f"artifact {artifact.key}", f"{artifact.description} {data}"
             offset += len(artifacts)
-        for flow_run in client.read_flow_runs(limit=200):
-            state = flow_run.state
-            yield (
-                f"flow run {flow_run.name}",
-                f"{state.message if state else ''} {flow_run.parameters}",
-            )
-        for task_run in client.read_task_runs(limit=200):
-            state = task_run.state
-            yield f"task run {task_run.name}", (state.message or "") if state else ""
+        offset = 0  # every run of the session, page by page, not the first 200
+        while flow_runs := client.read_flow_runs(limit=200, offset=offset):
+            for flow_run in flow_runs:
+                state = flow_run.state
+                yield (
+                    f"flow run {flow_run.name}",
+                    f"{state.message if state else ''} {flow_run.parameters}",
+                )
+            offset += len(flow_runs)
+        offset = 0
+        while task_runs := client.read_task_runs(limit=200, offset=offset):
+            for task_run in task_runs:
+                state = task_run.state
+                yield f"task run {task_run.name}", (state.message or "") if state else ""
+            offset += len(task_runs)
     storage = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
     if storage.is_dir():
         for path in storage.rglob("*"):
