@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tasks.environments import Environment
     from tasks.llm.fake_upstream import FakeUpstream
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="cicd-tests-"))
@@ -138,3 +139,22 @@ def sample_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.sample_repos import build_sample_repos
 
     return build_sample_repos(tmp_path_factory.mktemp("repos"))
+
+
+@pytest.fixture(scope="module")
+def tools_env() -> Environment:
+    """pytest and coverage.py, the packages a test job adds (tool_packages), in
+    an environment of their own (reused across runs like any other)."""
+    import shutil
+    import uuid
+
+    from cicd import paths
+    from cicd.config import EnvironmentConfig
+    from tasks.environments import ensure_environment
+
+    scratch = paths.workspaces() / f"env-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(parents=True)
+    try:
+        return ensure_environment(scratch, EnvironmentConfig(), ["pytest", "coverage"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

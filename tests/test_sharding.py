@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from cicd import paths
-from cicd.config import EnvironmentConfig, SuiteConfig
+from cicd.config import SuiteConfig
 from cicd.results import JobResult, JobState
 from tasks import sharding
-from tasks.environments import Environment, ensure_environment
+from tasks.environments import Environment
 from tasks.job import Deadline
 from tasks.testing import run_suite
 
@@ -51,16 +51,6 @@ pythonpath = ["src"]
 [tool.coverage.run]
 source = ["src"]
 """
-
-
-@pytest.fixture(scope="module")
-def tools_env() -> Environment:
-    scratch = paths.workspaces() / f"env-{uuid.uuid4().hex[:8]}"
-    scratch.mkdir(parents=True)
-    try:
-        return ensure_environment(scratch, EnvironmentConfig(), ["pytest", "coverage"])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from cicd import paths
-from cicd.config import EnvironmentConfig, SuiteConfig, detect_defaults
+from cicd.config import SuiteConfig, detect_defaults
 from cicd.coverage_config import find_coverage_settings
 from cicd.pytest_config import find_pytest_config
 from cicd.results import JobResult, JobState
 from tasks import job_runner
-from tasks.environments import Environment, ensure_environment
+from tasks.environments import Environment
 from tasks.job import Deadline
 from tasks.testing import SuiteJob, run_suite
 from tests import layout_repos
@@ -38,17 +38,6 @@ def workspace() -> Iterator[Path]:
     path.mkdir(parents=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def tools_env() -> Environment:
-    """pytest and coverage.py, the packages a test job adds (tool_packages)."""
-    scratch = paths.workspaces() / f"env-{uuid.uuid4().hex[:8]}"
-    scratch.mkdir(parents=True)
-    try:
-        return ensure_environment(scratch, EnvironmentConfig(), ["pytest", "coverage"])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run(workspace: Path, env: Environment, suite: SuiteConfig, name: str = "unit") -> JobResult:
