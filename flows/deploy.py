@@ -136,6 +136,21 @@ def _deploy_with_pauses(
     return deploy_release(release.name, name, settings, release, decide, extra).to_json()
 
 
+def _refusal(
+    release: Release, environment: str, reason: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The history entry of a deploy that a gate or a person refused."""
+    return {
+        "action": "deploy",
+        "project": release.name,
+        "environment": environment,
+        "release": release.to_json(),
+        "outcome": "refused",
+        "reason": reason,
+        **(extra or {}),
+    }
+
+
 @flow(name=FLOW_NAME, log_prints=True)
 def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = None) -> FlowOutcome:
     logger = get_run_logger()
@@ -166,16 +181,7 @@ def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = N
             tips = {b: resolve_commit(checkout.mirror, b) for b in settings.branches or []}
             refused = gates.refusal(release.name, name, settings, release, tips)
             if refused is not None:
-                record(
-                    {
-                        "action": "deploy",
-                        "project": release.name,
-                        "environment": name,
-                        "release": release.to_json(),
-                        "outcome": "refused",
-                        "reason": refused,
-                    }
-                )
+                record(_refusal(release, name, refused))
                 results.append(JobResult(job, JobState.FAILED, 0.0, reason=f"refused: {refused}"))
                 break
             extra: dict[str, Any] = {}
@@ -183,17 +189,7 @@ def deploy(repo: str, ref: str, env: str | None = None, artifact: str | None = N
                 answer: Approval = ask_approval(name, release, settings.approval_timeout)
                 extra = {"approver": answer.approver, "comment": answer.comment}
                 if not answer.approved:
-                    record(
-                        {
-                            "action": "deploy",
-                            "project": release.name,
-                            "environment": name,
-                            "release": release.to_json(),
-                            "outcome": "refused",
-                            "reason": f"not approved by {answer.approver}",
-                            **extra,
-                        }
-                    )
+                    record(_refusal(release, name, f"not approved by {answer.approver}", extra))
                     results.append(
                         JobResult(
                             job, JobState.FAILED, 0.0, reason=f"not approved by {answer.approver}"
