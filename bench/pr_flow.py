@@ -64,22 +64,8 @@ sys.path.insert(0, str(ROOT))
 
 from cicd.sample import commit_all, create_sample_repo, git  # noqa: E402
 
-SHELL_SCRIPT = """#!/bin/sh
-# The PR workflow's commands, one after another, as a plain CI script would run them.
-set -u
-ws=$(mktemp -d)
-git clone --quiet "$1" "$ws" && git -C "$ws" checkout --quiet "$2"
-cd "$ws"
-export PYTHONPATH="$ws/src"
-status=0
-"$3/bin/python" -m ruff check src tests || status=1
-"$3/bin/python" -m mypy src/agentkit || status=1
-"$3/bin/python" -m black --check src tests || status=1
-"$3/bin/python" -m pytest tests/unit -p no:cacheprovider --junitxml=junit.xml \\
-    --cov=src/agentkit --cov-report=json:coverage.json -q || status=1
-cd / && rm -rf "$ws"
-exit $status
-"""
+# The PR workflow's commands as a plain shell script (shared with bench/cli_vs_shell.py).
+SHELL_SCRIPT = (ROOT / "bench" / "pr_workflow.sh").read_text()
 
 
 def start_server() -> subprocess.Popen[bytes]:
