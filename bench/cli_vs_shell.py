@@ -82,7 +82,7 @@ def run_argv(repo: Path) -> list[str]:
 
 def new_commit(repo: Path, label: str) -> None:
     git(repo, "checkout", "--quiet", "bench-no-neo4j")
-    (repo / "src" / "agentkit" / "bench_round.py").write_text(f"ROUND = {label!r}\n")
+    (repo / "src" / "agentkit" / "bench_round.py").write_text(f'ROUND = "{label}"\n')
     commit_all(repo, f"bench: round {label}")
     git(repo, "checkout", "--quiet", "main")
 
