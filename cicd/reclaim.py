@@ -7,8 +7,7 @@ only once every process it names is proven gone: killed here, or no longer
 existing where we can see. A process recorded in another PID namespace is
 found by its namespace inode and its PID there (``NSpid`` in
 proc_pid_status(5)); when we cannot see that namespace (we are not in the
-initial one and our ``/proc`` is not its) and it is not ours, the claim is
-left for a reaper that can.
+initial one) and it is not ours, the claim is left for a reaper that can.
 """
 
 from __future__ import annotations
@@ -62,14 +61,6 @@ def _status_field(pid: str, name: str) -> list[str]:
     return []
 
 
-def _proc_shows_every_process() -> bool:
-    """True when our ``/proc`` is the initial PID namespace's (its PID 1 lives
-    there), as in a child namespace made by ``unshare --pid --fork`` without
-    ``--mount-proc``: a procfs lists the processes of its own namespace and of
-    every namespace below it (pid_namespaces(7)), so then all of them."""
-    return ownership.pid_namespace(1) == ownership.INITIAL_PID_NAMESPACE
-
-
 def local_pid(ref: ProcessRef) -> int | None:
     """The PID of ``ref`` as this process sees it, or None when it is gone.
 
@@ -88,7 +79,7 @@ def local_pid(ref: ProcessRef) -> int | None:
         nspid = _status_field(name, "NSpid")
         if nspid and nspid[-1] == str(ref.pid):
             return int(name)
-    if found_namespace or mine == ownership.INITIAL_PID_NAMESPACE or _proc_shows_every_process():
+    if found_namespace or mine == ownership.INITIAL_PID_NAMESPACE:
         return None  # we see every process of that namespace: it is not there
     raise LookupError(f"PID namespace {ref.pid_ns} is out of sight")
 
