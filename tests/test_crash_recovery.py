@@ -145,9 +145,9 @@ class CrashStack:
             "PREFECT_HOME": str(self.home.parent / f"{name}-prefect-home"),
             "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "results"),
         }
-        # No --mount-proc: each worker sees the host's /proc, so a reaper in
-        # one namespace can prove a dead namespace's processes gone (cicd/reclaim.py).
-        argv = ["unshare", "--pid", "--fork", str(BIN / "prefect"), "worker", "start"]
+        # A /proc of its own, as a container has (bubblewrap needs it to match).
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", str(BIN / "prefect"), "worker"]
+        argv += ["start"]
         argv += ["--pool", "cicd-process", "--name", name]
         argv += ["--limit", str(limit)] if limit is not None else []
         with log.open("wb") as out:
@@ -294,14 +294,23 @@ def test_a_run_whose_worker_host_dies_is_crashed_rescheduled_and_fails_elsewhere
     assert Path(neo4j_a.home).is_dir()  # nobody reaped it yet
 
     # The server notices the missing heartbeats, crashes the run and reschedules it;
-    # worker B starts its second attempt, which reaps what the first left.
+    # worker B starts its second attempt. Its reclaim cannot see A's namespace (a
+    # /proc of its own), so it leaves A's claim alone: nothing proves it dead from there.
     dirs = wait_until(lambda: run_dirs(crash_stack.home, red).get(2) and run_dirs(
         crash_stack.home, red), ABSENT + 300, "the red run's second attempt")  # fmt: skip
+    assert Path(neo4j_a.home).is_dir()
+    # The reaper that sees every namespace (the compose file's `reaper`: `cicd gc`
+    # in the host's PID namespace) reaps it, while B's Neo4j is live.
+    assert pid_alive(pid_b) and crash_stack.flow_run(green).state_type == "RUNNING"
+    gc = cicd("gc", "--json", env=crash_stack.env, timeout=120)
+    assert gc.returncode == 0, gc.stdout + gc.stderr[-2000:]
+    reaped = json.loads(gc.stdout)["reclaimed"]
+    assert any(r["kind"] == "neo4j" and neo4j_a.home in r["removed"] for r in reaped), reaped
     assert not Path(neo4j_a.home).exists(), "the dead attempt's Neo4j home was not reaped"
     # Worker B's live Neo4j, started before the crash, is untouched.
     assert pid_alive(pid_b) and start_time(pid_b) == started_b
     assert Path(neo4j_b.home).is_dir()
-    assert crash_stack.flow_run(green).state_type == "RUNNING"
+    assert not any(neo4j_b.home in r["removed"] for r in reaped)
 
     def final(run_id: UUID) -> Any:
         run = crash_stack.flow_run(run_id)
@@ -334,3 +343,15 @@ def test_a_run_whose_worker_host_dies_is_crashed_rescheduled_and_fails_elsewhere
     assert (dirs[1] / reclaim.NOTE_NAME).is_file()
     assert second["pid_ns"] == ns_b and second["started"] > killed_at
     assert second["ended"] >= second["started"]
+
+    # The timings of this recovery, for people (deployments/README.md, "Crash recovery").
+    history = {s.name: s.timestamp.timestamp() for s in crash_stack.states(red)}
+    timings = {
+        "heartbeat_seconds": HEARTBEAT,
+        "absent_seconds": ABSENT,
+        "kill_to_crashed": history["Crashed"] - killed_at,
+        "kill_to_rescheduled": history["AwaitingRetry"] - killed_at,
+        "kill_to_second_attempt": second["started"] - killed_at,
+        "second_attempt_seconds": second["ended"] - second["started"],
+    }
+    (tmp_path / "timings.json").write_text(json.dumps(timings, indent=2))
