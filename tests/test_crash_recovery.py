@@ -232,11 +232,11 @@ def crash_stack(
         cicd("down", env=env, timeout=120)
 
 
-def neo4j_in(namespace: int) -> Any:
+def neo4j_in(namespace: int) -> list[Any]:
+    """The Neo4j servers claimed by flow processes of that PID namespace."""
     from tasks.services.neo4j_reaping import server_records
 
-    found = [r for r in server_records() if r.claim.owner_pid_ns == namespace]
-    return found[0] if found else None
+    return [r for r in server_records() if r.claim.owner_pid_ns == namespace]
 
 
 def run_dirs(home: Path, run_id: UUID) -> dict[int, Path]:
@@ -247,10 +247,20 @@ def run_dirs(home: Path, run_id: UUID) -> dict[int, Path]:
     return found
 
 
+def assert_crashed_once_then_ran_again(names: list[str]) -> None:
+    """Running, Crashed, AwaitingRetry, then the second Running: never two at once."""
+    assert names.count("Crashed") == 1 and names.count("AwaitingRetry") == 1, names
+    assert names.count("Running") == 2, names
+    crashed = names.index("Crashed")
+    assert names.index("Running") < crashed < names.index("AwaitingRetry")
+    after = names[crashed + 1 :]
+    assert after.index("AwaitingRetry") < after.index("Running"), names
+
+
 @pytest.mark.slow
 @pytest.mark.neo4j
 @pytest.mark.skipif(not unshare_works(), reason="unshare --pid needs root (or user namespaces)")
-def test_a_run_whose_worker_host_dies_is_crashed_rescheduled_and_fails_elsewhere(
+def test_runs_whose_worker_host_dies_are_crashed_rescheduled_and_judged_elsewhere(
     crash_stack: CrashStack, sample_repos: dict[str, Path], tmp_path: Path
 ) -> None:
     from cicd import reclaim
@@ -263,95 +273,108 @@ def test_a_run_whose_worker_host_dies_is_crashed_rescheduled_and_fails_elsewhere
         (repo / "tests" / "integration" / "test_slow_graph.py").write_text(
             SLOW_GRAPH_TEST.format(seconds=90)
         )
+    with commit_on_branch(repo, "crash-green", "test: a graph test of 90 s"):
+        (repo / "tests" / "integration" / "test_slow_graph.py").write_text(
+            SLOW_GRAPH_TEST.format(seconds=90)
+        )
     with commit_on_branch(repo, "crash-long", "test: a graph test of 240 s"):
         (repo / "tests" / "integration" / "test_slow_graph.py").write_text(
             SLOW_GRAPH_TEST.format(seconds=240)
         )
 
-    # Worker A alone takes the red run (limit 1: never a second one).
-    worker_a = crash_stack.start_worker("crash-a", tmp_path / "worker-a.log", limit=1)
+    # Worker A alone takes a red and a green run (limit 2: never a third).
+    worker_a = crash_stack.start_worker("crash-a", tmp_path / "worker-a.log", limit=2)
     ns_a = worker_a.pid_namespace()
     red = crash_stack.submit(repo, "crash-red")
-    wait_until(lambda: crash_stack.flow_run(red).state_type == "RUNNING", 300, "the red run")
-    # Then worker B, with a green run; each run starts a Neo4j in its namespace.
+    green = crash_stack.submit(repo, "crash-green")
+    wait_until(
+        lambda: all(crash_stack.flow_run(r).state_type == "RUNNING" for r in (red, green)),
+        300,
+        "A's runs",
+    )
+    # Then worker B, with a long green run; each run starts a Neo4j in its namespace.
     worker_b = crash_stack.start_worker("crash-b", tmp_path / "worker-b.log")
     ns_b = worker_b.pid_namespace()
     assert ns_a != ns_b
-    green = crash_stack.submit(repo, "crash-long")
-    neo4j_a = wait_until(lambda: neo4j_in(ns_a), 900, "worker A's Neo4j")
-    neo4j_b = wait_until(lambda: neo4j_in(ns_b), 900, "worker B's Neo4j")
-    assert crash_stack.flow_run(red).state_type == "RUNNING"
-    pid_a = reclaim.local_pid(neo4j_a.claim.processes[0])
+    long_green = crash_stack.submit(repo, "crash-long")
+    neo4j_a = wait_until(lambda: len(neo4j_in(ns_a)) == 2 and neo4j_in(ns_a), 900, "A's Neo4js")
+    (neo4j_b,) = wait_until(lambda: neo4j_in(ns_b), 900, "worker B's Neo4j")
+    assert {crash_stack.flow_run(r).state_type for r in (red, green)} == {"RUNNING"}
+    pids_a = [reclaim.local_pid(server.claim.processes[0]) for server in neo4j_a]
     pid_b = reclaim.local_pid(neo4j_b.claim.processes[0])
-    assert pid_a and pid_b and pid_alive(pid_a) and pid_alive(pid_b)
+    assert pid_b and pid_alive(pid_b)
+    assert all(pid and pid_alive(pid) for pid in pids_a), "a run of A ended before the kill"
     started_b = start_time(pid_b)
 
     # The host of worker A dies: PID 1 of its namespace, and with it everything in it.
     os.kill(worker_a.init_pid(), signal.SIGKILL)
     worker_a.proc.wait(30)
-    wait_until(lambda: not pid_alive(pid_a), 30, "worker A's Neo4j to die with its namespace")
+    wait_until(
+        lambda: not any(pid_alive(pid) for pid in pids_a if pid),
+        30,
+        "A's Neo4j servers to die with its namespace",
+    )
     killed_at = time.time()
-    assert Path(neo4j_a.home).is_dir()  # nobody reaped it yet
+    assert all(Path(server.home).is_dir() for server in neo4j_a)  # nobody reaped them yet
 
-    # The server notices the missing heartbeats, crashes the run and reschedules it;
-    # worker B starts its second attempt. Its reclaim cannot see A's namespace (a
-    # /proc of its own), so it leaves A's claim alone: nothing proves it dead from there.
-    dirs = wait_until(lambda: run_dirs(crash_stack.home, red).get(2) and run_dirs(
-        crash_stack.home, red), ABSENT + 300, "the red run's second attempt")  # fmt: skip
-    assert Path(neo4j_a.home).is_dir()
+    # The server notices the missing heartbeats, crashes both runs and reschedules
+    # them; worker B starts their second attempts. B's reclaim cannot see A's
+    # namespace (a /proc of its own), so it leaves A's Neo4j claims alone:
+    # nothing proves them dead from there.
+    def second_attempts() -> dict[UUID, dict[int, Path]] | None:
+        found = {run_id: run_dirs(crash_stack.home, run_id) for run_id in (red, green)}
+        return found if all(2 in dirs for dirs in found.values()) else None
+
+    dirs = wait_until(second_attempts, ABSENT + 300, "the second attempts")
+    assert all(Path(server.home).is_dir() for server in neo4j_a)
     # The reaper that sees every namespace (the compose file's `reaper`: `cicd gc`
-    # in the host's PID namespace) reaps it, while B's Neo4j is live.
-    assert pid_alive(pid_b) and crash_stack.flow_run(green).state_type == "RUNNING"
+    # in the host's PID namespace) reaps them, while B's Neo4j is live.
+    assert pid_alive(pid_b) and crash_stack.flow_run(long_green).state_type == "RUNNING"
     gc = cicd("gc", "--json", env=crash_stack.env, timeout=120)
     assert gc.returncode == 0, gc.stdout + gc.stderr[-2000:]
     reaped = json.loads(gc.stdout)["reclaimed"]
-    assert any(r["kind"] == "neo4j" and neo4j_a.home in r["removed"] for r in reaped), reaped
-    assert not Path(neo4j_a.home).exists(), "the dead attempt's Neo4j home was not reaped"
+    removed = {path for r in reaped if r["kind"] == "neo4j" for path in r["removed"]}
+    assert {server.home for server in neo4j_a} <= removed, reaped
+    assert not any(Path(server.home).exists() for server in neo4j_a)
     # Worker B's live Neo4j, started before the crash, is untouched.
     assert pid_alive(pid_b) and start_time(pid_b) == started_b
-    assert Path(neo4j_b.home).is_dir()
-    assert not any(neo4j_b.home in r["removed"] for r in reaped)
+    assert Path(neo4j_b.home).is_dir() and neo4j_b.home not in removed
 
     def final(run_id: UUID) -> Any:
         run = crash_stack.flow_run(run_id)
         return run if run.state is not None and run.state.is_final() else None
 
-    red_run = wait_until(lambda: final(red), 900, "the red run's verdict")
-    green_run = wait_until(lambda: final(green), 900, "the green run's verdict")
+    every_run = (red, green, long_green)
+    wait_until(lambda: all(final(r) for r in every_run), 900, "every verdict")
+    runs = {r: final(r) for r in every_run}
 
-    # The right verdicts: the rescheduled red run failed on its unit test.
-    assert red_run.state_type == "FAILED", red_run.state.message
-    assert red_run.run_count == 2
-    jobs = {job["name"]: job["state"] for job in read_journal(dirs[2])}
-    assert jobs.get("unit") == "failed" and jobs.get("framework") == "passed", jobs
-    assert green_run.state_type == "COMPLETED", green_run.state.message
-    assert green_run.run_count == 1
+    # The right verdicts, each from the second attempt for the crashed runs.
+    assert runs[red].state_type == "FAILED", runs[red].state.message
+    assert runs[green].state_type == "COMPLETED", runs[green].state.message
+    assert runs[long_green].state_type == "COMPLETED", runs[long_green].state.message
+    assert (runs[red].run_count, runs[green].run_count, runs[long_green].run_count) == (2, 2, 1)
+    red_jobs = {job["name"]: job["state"] for job in read_journal(dirs[red][2])}
+    assert red_jobs.get("unit") == "failed" and red_jobs.get("framework") == "passed", red_jobs
+    green_jobs = {job["name"]: job["state"] for job in read_journal(dirs[green][2])}
+    assert green_jobs.get("framework") == "passed" and "failed" not in green_jobs.values()
 
-    # Its history: one crash, one reschedule, two attempts one after the other.
-    names = [s.name for s in crash_stack.states(red)]
-    assert names.count("Crashed") == 1 and names.count("AwaitingRetry") == 1, names
-    assert names.count("Running") == 2, names
-    crashed = names.index("Crashed")
-    assert names.index("Running") < crashed < names.index("AwaitingRetry")
-    assert names[crashed + 1 :].index("Running") > names[crashed + 1 :].index("AwaitingRetry")
-
-    # Who ran what: attempt 1 in A's namespace, killed there (never ended, its
-    # directory noted as reclaimed); attempt 2 in B's, started after A died.
-    first = json.loads((dirs[1] / "attempt.json").read_text())
-    second = json.loads((dirs[2] / "attempt.json").read_text())
-    assert first["pid_ns"] == ns_a and "ended" not in first
-    assert (dirs[1] / reclaim.NOTE_NAME).is_file()
-    assert second["pid_ns"] == ns_b and second["started"] > killed_at
-    assert second["ended"] >= second["started"]
-
-    # The timings of this recovery, for people (deployments/README.md, "Crash recovery").
-    history = {s.name: s.timestamp.timestamp() for s in crash_stack.states(red)}
-    timings = {
-        "heartbeat_seconds": HEARTBEAT,
-        "absent_seconds": ABSENT,
-        "kill_to_crashed": history["Crashed"] - killed_at,
-        "kill_to_rescheduled": history["AwaitingRetry"] - killed_at,
-        "kill_to_second_attempt": second["started"] - killed_at,
-        "second_attempt_seconds": second["ended"] - second["started"],
-    }
+    timings: dict[str, Any] = {"heartbeat_seconds": HEARTBEAT, "absent_seconds": ABSENT}
+    for label, run_id in (("red", red), ("green", green)):
+        assert_crashed_once_then_ran_again([s.name for s in crash_stack.states(run_id)])
+        # Who ran what: attempt 1 in A's namespace, killed there (never ended;
+        # its directory noted as reclaimed); attempt 2 in B's, started after A died.
+        first = json.loads((dirs[run_id][1] / "attempt.json").read_text())
+        second = json.loads((dirs[run_id][2] / "attempt.json").read_text())
+        assert first["pid_ns"] == ns_a and "ended" not in first
+        assert (dirs[run_id][1] / reclaim.NOTE_NAME).is_file()
+        assert second["pid_ns"] == ns_b and second["started"] > killed_at
+        assert second["ended"] >= second["started"]
+        # The timings of this recovery, for people (deployments/README.md).
+        history = {s.name: s.timestamp.timestamp() for s in crash_stack.states(run_id)}
+        timings[label] = {
+            "kill_to_crashed": history["Crashed"] - killed_at,
+            "kill_to_rescheduled": history["AwaitingRetry"] - killed_at,
+            "kill_to_second_attempt": second["started"] - killed_at,
+            "second_attempt_seconds": second["ended"] - second["started"],
+        }
     (tmp_path / "timings.json").write_text(json.dumps(timings, indent=2))
