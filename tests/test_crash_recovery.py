@@ -87,6 +87,15 @@ def test_the_rescheduler_is_bounded_by_attempts_and_scoped_to_its_flows() -> Non
     assert len(crash_recovery.automations(RecoverySettings(reschedules=0))) == 1
 
 
+def test_cicd_up_with_a_bad_heartbeat_setting_exits_2_and_starts_nothing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(CICD_HOME=str(tmp_path / "home"), CICD_HEARTBEAT_SECONDS="10")
+    up = cicd("up", "--port", str(free_port()), "--workers", "0", env=env, timeout=120)
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert "CICD_HEARTBEAT_SECONDS='10'" in up.stderr and ">= 30" in up.stderr
+    assert not (tmp_path / "home" / "local-server" / "state.json").exists()
+
+
 # --- end to end --------------------------------------------------------------
 
 
