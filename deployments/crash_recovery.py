@@ -116,6 +116,14 @@ def worker_env(settings: RecoverySettings) -> dict[str, str]:
     return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.heartbeat_seconds)}
 
 
+def deploy_env(settings: RecoverySettings) -> dict[str, str]:
+    """What ``prefect deploy`` resolves prefect.yaml's heartbeat placeholder from:
+    every deployment's runs get the period in their job variables, so a worker
+    started by hand (Prefect's default heartbeat is 180 s, longer than the
+    window) never has a live run crashed."""
+    return {HEARTBEAT_ENV: str(settings.heartbeat_seconds)}
+
+
 def automations(settings: RecoverySettings) -> list[AutomationCore]:
     """The detector and, unless rescheduling is off, the rescheduler."""
     from prefect.client.schemas.objects import StateType

@@ -263,7 +263,14 @@ def up(
 
                 repo = os.environ.get("CICD_REPO") or str(default_sample_repo())
             progress(f"deploying {', '.join(deployment_names(project_dir))} ...")
-            deploy(api_url, project_dir, repo, directory / "deploy.log", auth)
+            deploy(
+                api_url,
+                project_dir,
+                repo,
+                directory / "deploy.log",
+                auth,
+                extra_env=crash_recovery.deploy_env(recovery),
+            )
 
         new_workers: list[ProcessRecord] = []
         for index in range(1, workers + 1):

@@ -231,6 +231,13 @@ def crash_stack(
     try:
         assert up.returncode == 0, up.stdout + up.stderr[-3000:]
         assert crash_recovery.DETECT_AUTOMATION in up.stdout + up.stderr
+        with stack.client() as client:
+            deployment = client.read_deployment_by_name("pr-validation/pr-validation")
+            names = {a.name for a in client.read_automations()}
+        # Whichever worker runs it, a run heartbeats at the period the window counts in.
+        env_of_runs = deployment.job_variables["env"]
+        assert env_of_runs["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT)
+        assert set(crash_recovery.AUTOMATIONS) <= names
         yield stack
     finally:
         for worker in stack.workers:
