@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import threading
 import time
 import uuid
@@ -20,6 +22,7 @@ from cicd.git import Checkout, remove_workspace
 from cicd.results import JobResult, PipelineReport
 
 JOURNAL = "jobs.jsonl"
+ATTEMPT = "attempt.json"
 _journal_lock = threading.Lock()
 # The run directories this process opened, newest last: `cicd run` reads their
 # journals when the control plane is gone (cicd/cli/run_watch.py).
@@ -114,6 +117,42 @@ def _flow_run_id() -> str:
     return str(run_id) if run_id else uuid.uuid4().hex
 
 
+def _attempt() -> int:
+    """Which attempt of its flow run this is (Prefect's ``run_count``, 1 outside a run)."""
+    try:
+        from prefect.runtime import flow_run
+
+        count = int(flow_run.run_count)
+    except Exception:
+        count = 0
+    return max(count, 1)
+
+
+def run_directory_name(flow: str, run_id: str, attempt: int) -> str:
+    """``<flow>-<run id>``, and ``...-attempt-<n>`` for a rescheduled run's later
+    attempts: a crashed attempt's logs and journal stay as it left them, and the
+    next one (deployments/crash_recovery.py) writes beside them, never into them."""
+    name = f"{flow}-{run_id}"
+    return name if attempt <= 1 else f"{name}-attempt-{attempt}"
+
+
+def _write_attempt(directory: Path, run_id: str, attempt: int, **extra: object) -> None:
+    # Who ran this attempt and when: the proof, after a crash, that two attempts
+    # of one run never overlapped (tests/test_crash_recovery.py reads it).
+    entry: dict[str, object] = {
+        "run_id": run_id,
+        "attempt": attempt,
+        "pid": os.getpid(),
+        "pid_ns": ownership.pid_namespace(),
+        "hostname": socket.gethostname(),
+        **extra,
+    }
+    target = directory / ATTEMPT
+    partial = directory / f".{ATTEMPT}.partial"
+    partial.write_text(json.dumps(entry), encoding="utf-8")
+    partial.replace(target)
+
+
 @contextmanager
 def pipeline_run(flow: str) -> Iterator[PipelineRun]:
     """Set up a run; on any exit (also cancellation) kill what it started and
@@ -123,8 +162,11 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
     # with their worker left is reclaimed at the next run on this CICD_HOME.
     with contextlib.suppress(OSError):
         reclaim.reclaim()
-    directory = paths.runs() / f"{flow}-{run_id}"
+    attempt = _attempt()
+    directory = paths.runs() / run_directory_name(flow, run_id, attempt)
     directory.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    _write_attempt(directory, run_id, attempt, started=started)
     # Kept after the run (its logs and reports); a killed run's gets a note saying so.
     held = ownership.claim("run", notes=(directory,), detail={"flow": flow, "run_id": run_id})
     run = PipelineRun(flow, run_id, directory)
@@ -145,4 +187,6 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
         command.kill_all()
         for workspace in run.workspaces:
             remove_workspace(workspace)
+        with contextlib.suppress(OSError):
+            _write_attempt(directory, run_id, attempt, started=started, ended=time.time())
         held.release()

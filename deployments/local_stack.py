@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cicd import paths
 from cicd.errors import BadInput
+from deployments import crash_recovery
 from deployments.stack_auth import (
     auth_string_for,
     client_env,
@@ -174,6 +175,8 @@ def up(
         raise BadInput(f"--workers {workers}: expected a whole number >= 0")
     if not 0 < port < 65536:
         raise BadInput(f"--port {port}: expected 1-65535")
+    # Checked before anything starts: a bad timing is bad input, not a half-made stack.
+    recovery = crash_recovery.settings_from_env()
     directory = state_dir()
     state = read_state(directory)
     reused: list[str] = []
@@ -250,13 +253,24 @@ def up(
         if ensure_concurrency_limit(api_url, NEO4J_LIMIT, max_servers()):
             progress(f"created global concurrency limit {NEO4J_LIMIT} = {max_servers()}")
 
+        progress(
+            "crash recovery: " + ", ".join(crash_recovery.ensure_automations(api_url, recovery))
+        )
+
         if run_deploy:
             if repo is None:
                 from cicd.sample import default_sample_repo
 
                 repo = os.environ.get("CICD_REPO") or str(default_sample_repo())
             progress(f"deploying {', '.join(deployment_names(project_dir))} ...")
-            deploy(api_url, project_dir, repo, directory / "deploy.log", auth)
+            deploy(
+                api_url,
+                project_dir,
+                repo,
+                directory / "deploy.log",
+                auth,
+                extra_env=crash_recovery.deploy_env(recovery),
+            )
 
         new_workers: list[ProcessRecord] = []
         for index in range(1, workers + 1):
@@ -272,6 +286,7 @@ def up(
                     # Where results go should the server's default be cleared.
                     "PREFECT_LOCAL_STORAGE_PATH": str(results_path(paths.home())),
                     **worker_env(api_url, paths.home()),
+                    **crash_recovery.worker_env(recovery),
                     **client_env(auth),
                 },
                 directory,

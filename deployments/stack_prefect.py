@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +125,14 @@ def deploy(
     log: Path,
     auth: str | None = None,
     prefect_file: str = PREFECT_FILE,
+    extra_env: Mapping[str, str] | None = None,
 ) -> None:
-    """``prefect --no-prompt deploy --all`` from the project directory."""
+    """``prefect --no-prompt deploy --all`` from the project directory;
+    ``extra_env``: more values for its ``{{ $VAR }}`` placeholders."""
     result = command.run(
         deploy_argv(prefect_file),
         cwd=project_dir,
-        env={**deploy_env(api_url, project_dir, repo), **client_env(auth)},
+        env={**deploy_env(api_url, project_dir, repo), **(extra_env or {}), **client_env(auth)},
         timeout=DEPLOY_TIMEOUT,
         log_path=log,
     )

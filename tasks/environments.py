@@ -26,6 +26,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cicd import command, paths
 from cicd.config import EnvironmentConfig, PipelineConfig, SuiteConfig, read_pyproject
@@ -391,6 +392,10 @@ def install_project(
     retries=1,
     retry_delay_seconds=5,
     retry_condition_fn=retry_on_infrastructure,
+    # Its paths are in the attempt's workspace: never served to a rescheduled
+    # attempt of the same flow run (see tasks/checkout.py). The reusable
+    # environment itself is found again by its key (ensure_environment).
+    cache_policy=NO_CACHE,
 )
 def environment_task(
     workspace: Path, config: EnvironmentConfig, packages: list[str], log_path: Path | None = None
