@@ -4,6 +4,7 @@ infrastructure errors (network, server), never on bad input."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from cicd.errors import retry_on_infrastructure
 from cicd.git import Checkout, checkout
@@ -14,6 +15,11 @@ from cicd.git import Checkout, checkout
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_on_infrastructure,
+    # Prefect's default policy (inputs + task source + flow run id) would serve a
+    # flow run that runs again (requeued by flows/slot_wait.py, rescheduled after
+    # a crash) the first attempt's Checkout, whose workspace that attempt deleted
+    # (https://docs.prefect.io/v3/concepts/caching#cache-policies).
+    cache_policy=NO_CACHE,
 )
 def checkout_task(repo: str, ref: str) -> Checkout:
     result = checkout(repo, ref)
