@@ -77,6 +77,7 @@ from deployments.stack_state import (
     state_dir,
     write_state,
 )
+from deployments.stack_workers import runs_per_worker as resolve_runs_per_worker
 
 # Callers (the CLI, tests, the webhook) import these from here, as before the split.
 __all__ = [
@@ -155,6 +156,7 @@ def up(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     workers: int = 1,
+    runs_per_worker: int | None = None,
     repo: str | None = None,
     server_url: str | None = None,
     project_dir: Path = PROJECT_DIR,
@@ -175,8 +177,9 @@ def up(
         raise BadInput(f"--workers {workers}: expected a whole number >= 0")
     if not 0 < port < 65536:
         raise BadInput(f"--port {port}: expected 1-65535")
-    # Checked before anything starts: a bad timing is bad input, not a half-made stack.
+    # Checked before anything starts: a bad value is bad input, not a half-made stack.
     recovery = crash_recovery.settings_from_env()
+    run_limit = resolve_runs_per_worker(runs_per_worker)
     directory = state_dir()
     state = read_state(directory)
     reused: list[str] = []
@@ -281,7 +284,7 @@ def up(
                 continue
             record = spawn(
                 role,
-                worker_argv(WORK_POOL, worker_name(index)),
+                worker_argv(WORK_POOL, worker_name(index), run_limit),
                 {
                     # Where results go should the server's default be cleared.
                     "PREFECT_LOCAL_STORAGE_PATH": str(results_path(paths.home())),

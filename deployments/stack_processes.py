@@ -49,7 +49,8 @@ def server_argv(host: str, port: int) -> list[str]:
     return [prefect_executable(), "server", "start", "--host", host, "--port", str(port)]
 
 
-def worker_argv(pool: str, name: str) -> list[str]:
+def worker_argv(pool: str, name: str, limit: int | None = None) -> list[str]:
+    """``limit``: the most flow runs it runs at once (``stack_workers``); None: no cap."""
     return [
         prefect_executable(),
         "worker",
@@ -60,6 +61,7 @@ def worker_argv(pool: str, name: str) -> list[str]:
         "process",
         "--name",
         name,
+        *([] if limit is None else ["--limit", str(limit)]),
     ]
 
 

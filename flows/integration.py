@@ -18,6 +18,7 @@ from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome
 from flows.opening import open_pipeline
 from flows.run_names import planned_name
+from flows.slot_wait import service_slots_or_requeue
 from tasks.benchmarks import JOB_NAME as BENCHMARK_JOB
 from tasks.benchmarks import BenchmarkJob
 from tasks.job_runner import collect, passed_before, run_job, submit_all
@@ -71,7 +72,11 @@ def integration(
 
         # agent-tests: services: neo4j; env: USE_MOCK_LLM -> the gateway in `mode`
         mode: LlmMode = llm_mode or settings.llm_mode or DEFAULT_MODE
-        with llm_session(config, mode, run, checkout, ref, settings.budget_usd) as llm:
+        # Neo4j slots for the jobs, or back in the queue without holding a worker slot.
+        with (
+            service_slots_or_requeue(planned),
+            llm_session(config, mode, run, checkout, ref, settings.budget_usd) as llm,
+        ):
             jobs = suite_jobs(config, suites, env, llm_env=llm.env)
             # pending on the git host, then each job's status as it ends
             opened.statuses.pending(job.name for job in jobs)

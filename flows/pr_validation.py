@@ -22,6 +22,7 @@ from cicd.results import JobResult, JobState
 from flows.gate import FlowOutcome
 from flows.opening import Opened, open_pipeline
 from flows.run_names import planned_name
+from flows.slot_wait import service_slots_or_requeue
 from tasks.job import Job
 from tasks.job_runner import collect, passed_before, run_job, submit_all
 from tasks.quality import quality_jobs
@@ -108,7 +109,8 @@ def pr_validation(
 
         # jobs: quality, unit-tests, framework-tests (in parallel), pending on the git host
         opened.statuses.pending(job_names(config))
-        with mock_llm(opened, ref, untrusted) as llm:
+        # Neo4j slots for the jobs, or back in the queue without holding a worker slot.
+        with service_slots_or_requeue(planned), mock_llm(opened, ref, untrusted) as llm:
             # The planned jobs, unless a suite needs the gateway's variables.
             jobs = planned
             if llm is not None:

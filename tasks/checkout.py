@@ -15,10 +15,11 @@ from cicd.git import Checkout, checkout
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_on_infrastructure,
-    # Prefect's default policy keys on the flow run id: a rescheduled attempt of
-    # the same run (deployments/crash_recovery.py) would get the dead attempt's
-    # workspace back, reclaimed or still in use. Every attempt clones its own.
-    # https://docs.prefect.io/v3/concepts/caching#cache-policies
+    # Prefect's default policy keys on inputs, task source and the flow run id: a
+    # flow run that runs again (requeued by flows/slot_wait.py, rescheduled after a
+    # crash by deployments/crash_recovery.py) would get the first attempt's
+    # Checkout back, whose workspace that attempt deleted or still uses. Every
+    # attempt clones its own (https://docs.prefect.io/v3/concepts/caching#cache-policies).
     cache_policy=NO_CACHE,
 )
 def checkout_task(repo: str, ref: str) -> Checkout:

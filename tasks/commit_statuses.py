@@ -276,8 +276,18 @@ def commit_statuses(
     try:
         yield statuses
     except BaseException as exc:
-        statuses.abandon(f"the run stopped: {type(exc).__name__}: {exc}")
+        if not _requeued(exc):
+            statuses.abandon(f"the run stopped: {type(exc).__name__}: {exc}")
         raise
     finally:
         if statuses.host is not None:
             statuses.host.close()
+
+
+def _requeued(exc: BaseException) -> bool:
+    """Prefect's ``Abort``: the orchestrator owns the run's state, which is not
+    final (``flows/slot_wait.py`` requeues a run that way): its statuses stay
+    pending for the attempt that runs it."""
+    from prefect.exceptions import Abort
+
+    return isinstance(exc, Abort)

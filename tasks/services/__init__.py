@@ -25,8 +25,10 @@ from tasks.services.lifecycle import reap_orphans, running_services, start_servi
 from tasks.services.slots import (
     DEFAULT_MAX_SERVERS,
     NEO4J_LIMIT,
+    ServerSlotsBusy,
     max_servers,
     neo4j_slot,
+    reserved_neo4j_slots,
     service_slots,
 )
 
@@ -34,11 +36,13 @@ __all__ = [
     "DEFAULT_MAX_SERVERS",
     "NEO4J_LIMIT",
     "RunningService",
+    "ServerSlotsBusy",
     "ServiceBackend",
     "ServiceEndpoint",
     "max_servers",
     "neo4j_slot",
     "reap_orphans",
+    "reserved_neo4j_slots",
     "running_services",
     "select_backend",
     "service_slots",

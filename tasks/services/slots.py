@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -83,6 +84,71 @@ def _ensure_limit(name: str, limit: int) -> bool:
     return True
 
 
+class ServerSlotsBusy(InfrastructureError):
+    """No server slot came free within the wait (``reserved_neo4j_slots``)."""
+
+
+# Slots the flow run took for its jobs before starting them
+# (``reserved_neo4j_slots``): a job's ``neo4j_slot`` draws on them instead of
+# asking the API, so a run never waits for a slot mid-way through its jobs.
+_reserved = {"capacity": 0, "in_use": 0}
+_reserved_lock = threading.Lock()
+
+
+def _take_reserved() -> bool:
+    with _reserved_lock:
+        if _reserved["in_use"] < _reserved["capacity"]:
+            _reserved["in_use"] += 1
+            return True
+    return False
+
+
+def _give_back_reserved() -> None:
+    with _reserved_lock:
+        _reserved["in_use"] = max(0, _reserved["in_use"] - 1)
+
+
+@contextmanager
+def reserved_neo4j_slots(count: int, timeout_seconds: float) -> Iterator[int]:
+    """Take ``count`` server slots at once (at most the limit) for the jobs of this
+    process, or raise :class:`ServerSlotsBusy` after ``timeout_seconds``.
+
+    All at once: Prefect's ``concurrency(occupy=n)`` takes n slots in one call, so
+    two runs that each need two never hold one each and wait for each other.
+    Yields how many were reserved (0 without a Prefect API: nothing is limited).
+    """
+    limit = max_servers()
+    wanted = min(count, limit)
+    if wanted <= 0 or not _ensure_limit(NEO4J_LIMIT, limit):
+        yield 0
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(
+                concurrency(
+                    NEO4J_LIMIT,
+                    occupy=wanted,
+                    timeout_seconds=timeout_seconds,
+                    strict=True,
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+        except TimeoutError:
+            raise ServerSlotsBusy(
+                f"{wanted} of the {limit} {NEO4J_LIMIT} slot(s) did not come free "
+                f"within {timeout_seconds:g}s"
+            ) from None
+        with _reserved_lock:
+            _reserved["capacity"] += wanted
+        try:
+            yield wanted
+        finally:
+            with _reserved_lock:
+                _reserved["capacity"] -= wanted
+
+
 @contextmanager
 def neo4j_slot(timeout_seconds: float | None = None) -> Iterator[None]:
     """Hold one slot of the ``cicd-neo4j-servers`` limit (created with
@@ -90,8 +156,15 @@ def neo4j_slot(timeout_seconds: float | None = None) -> Iterator[None]:
 
     Each server takes ~0.5 GB and most of a core while starting; on a 2-core
     worker more than two at once only makes every start slower. With no
-    Prefect API at all the block simply runs, unlimited.
+    Prefect API at all the block simply runs, unlimited. A slot the flow run
+    reserved for its jobs (``reserved_neo4j_slots``) is used first.
     """
+    if _take_reserved():
+        try:
+            yield
+        finally:
+            _give_back_reserved()
+        return
     limit = max_servers()
     if not _ensure_limit(NEO4J_LIMIT, limit):
         yield

@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="process workers to start (default: 1)"
     )
     parser.add_argument(
+        "--runs-per-worker",
+        type=int,
+        metavar="N",
+        help="flow runs each worker runs at once, so runs spread over the workers "
+        "(prefect worker start --limit; default: $CICD_RUNS_PER_WORKER, else 2)",
+    )
+    parser.add_argument(
         "--server-url",
         metavar="API_URL",
         help="use this running Prefect API (http://host:4200/api) instead of starting a server",
@@ -51,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        runs_per_worker=args.runs_per_worker,
         repo=args.repo,
         server_url=args.server_url,
         run_deploy=not args.no_deploy,
