@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-from deployments import local_stack as local_server
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # no options: it stops exactly what the state directory records
@@ -16,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     del args
     from cicd.cli import warm_client
+    from deployments import local_stack as local_server
     from deployments import run_server
 
     results = local_server.down() + run_server.stop() + warm_client.stop()
