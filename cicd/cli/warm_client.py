@@ -173,7 +173,7 @@ def run(argv: list[str], repo: str | None, api_url: str, note: Callable[[str], N
     for _attempt in range(2):  # a runner that retired between the check and the request
         try:
             ensure(directory, key, note)
-            sock = _hand_over(directory, request)
+            sock = _hand_over(directory, {**request, "key": key})
             break
         except (OSError, ValueError, Unavailable) as exc:
             reason = str(exc) or type(exc).__name__

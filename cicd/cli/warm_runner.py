@@ -76,6 +76,7 @@ LAZY_IMPORTS = (
 )
 # How often the runner looks at its idle time and reaps its children.
 TICK = 1.0
+REQUEST_TIMEOUT = 10.0
 
 
 def preload() -> None:
@@ -141,8 +142,13 @@ class Runner:
                         return None
                     continue
                 self.last_use = time.monotonic()
-                conn.settimeout(None)
-                request = self._handle(conn)
+                # A client that connects and says nothing must not hold the runner.
+                conn.settimeout(REQUEST_TIMEOUT)
+                try:
+                    request = self._handle(conn)
+                except (OSError, ValueError) as exc:  # that request only, never the runner
+                    print(f"warm runner: request refused: {exc!r}", flush=True)
+                    continue
                 if request is not None or os.getpid() != self.pid:
                     return request  # in the child
                 if self.stopping:
@@ -167,6 +173,9 @@ class Runner:
             elif op == "stop":
                 warm_state.send(conn, {"stopping": self.pid})
                 self.stopping = True
+            elif op == "run" and message.get("key") != self.key:
+                # Replaced and started again under another key since the CLI's check.
+                warm_state.send(conn, {"error": "the runner has another key"})
             elif op == "run" and len(fds) == 3:
                 threads = threading.enumerate()
                 if len(threads) != 1:
@@ -177,6 +186,7 @@ class Runner:
                 if pid == 0:
                     stack.pop_all()  # the child keeps the connection and the descriptors
                     self.listener.close()
+                    conn.settimeout(None)
                     return Request(conn, fds, message, self.directory / warm_state.LOG_FILE)
                 self.children.add(pid)
         return None
