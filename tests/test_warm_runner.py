@@ -364,3 +364,43 @@ def test_cicd_warm_off_runs_in_process_and_a_bad_value_exits_2(
     assert bad_idle.returncode == 2
     assert "CICD_WARM_IDLE_SECONDS='soon'" in report(bad_idle)["error"]
     assert started(home) == before
+
+
+# ------------------------------------------------------------ requests
+
+
+@pytest.mark.slow
+def test_a_runner_refuses_another_key_and_outlives_a_silent_client(
+    home: Path, env: dict[str, str]
+) -> None:
+    from cicd.cli import warm_client
+
+    directory = home / "warm-runner"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    process = subprocess.Popen(
+        warm_client.runner_argv(directory, "key-1"),
+        env=env,
+        cwd=directory,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (answer := warm_client.ping(directory)) is None:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert answer == {"key": "key-1", "pid": process.pid}
+
+        with pytest.raises(warm_client.Unavailable, match="another key"):
+            warm_client._hand_over(directory, {"key": "key-2", "argv": []})
+
+        silent = warm_state.connect(directory)  # connects, never says anything
+        try:
+            assert warm_client.ping(directory, timeout=30) == answer
+        finally:
+            silent.close()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    assert not (directory / warm_state.SOCKET_FILE).exists()
