@@ -404,3 +404,34 @@ def test_a_runner_refuses_another_key_and_outlives_a_silent_client(
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
     assert not (directory / warm_state.SOCKET_FILE).exists()
+
+
+@pytest.mark.slow
+def test_the_live_view_draws_on_the_clis_terminal(repo: Path, env: dict[str, str]) -> None:
+    """The child writes to the CLI's terminal (isatty: the live view), and lets
+    go of it with its verdict: the terminal's last holder is gone when the CLI is."""
+    controller, terminal = os.openpty()
+    argv = [str(BIN / "cicd"), "run", "pr-validation", "--repo", str(repo), "--ref", "warm-fail"]
+    proc = subprocess.Popen(argv, env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    seen = bytearray()
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every holder of the terminal closed it
+                break
+            if not chunk:
+                break
+            seen.extend(chunk)
+        code = proc.wait(60)
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = seen.decode(errors="replace")
+
+    assert code == 1, text[-3000:]
+    assert "\x1b[" in text and "✗" in text, text[-3000:]  # rich's live view, the failed job
+    assert "pr-validation: failed" in text
