@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cicd.cli import warm_state
 from cicd.cli.error_handler import EXIT_FAILED, EXIT_PASSED, Outcome
-from cicd.cli.warm_state import TIMINGS_VARIABLE
 from flows.registry import PIPELINES, Pipeline
 
 
@@ -85,8 +85,6 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
     Through the warm runner (``cicd/cli/warm_runner.py``) unless
     ``CICD_WARM=off`` or it cannot be used: this process then never imports
     Prefect and only waits for the child's exit code."""
-    from cicd.cli import warm_state
-
     entry = PIPELINES[args.pipeline]
     repo = getattr(args, "repo", None)
     if entry.takes_repo and repo is None:
@@ -139,7 +137,7 @@ def _timing(event: str, at: float | None = None, job: str | None = None) -> None
     """With ``CICD_TIMINGS_FILE``, one JSON line: the flow called, each job's
     start and end, the report printed (bench/fixed_cost.py reads them against
     the process's own start and exit)."""
-    path = os.environ.get(TIMINGS_VARIABLE)
+    path = os.environ.get(warm_state.TIMINGS_VARIABLE)
     if path:
         line = json.dumps({"event": event, "job": job, "at": at or time.time()})
         with open(path, "a", encoding="utf-8") as handle:
@@ -147,7 +145,7 @@ def _timing(event: str, at: float | None = None, job: str | None = None) -> None
 
 
 def _timings_listener() -> Callable[[Any], None] | None:
-    if not os.environ.get(TIMINGS_VARIABLE):
+    if not os.environ.get(warm_state.TIMINGS_VARIABLE):
         return None
 
     def record(event: Any) -> None:
