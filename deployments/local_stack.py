@@ -63,6 +63,8 @@ from deployments.stack_processes import (
 )
 from deployments.stack_results import ResultStorage, ensure_result_storage, results_path
 from deployments.stack_state import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     STATE_FILE,
     ProcessRecord,
     StackState,
@@ -128,8 +130,6 @@ __all__ = [
     "write_state",
 ]
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 4200
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT = 180.0
 WORKER_READY_TIMEOUT = 120.0

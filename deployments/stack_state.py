@@ -17,6 +17,9 @@ from cicd import paths
 from cicd.errors import BadInput
 
 STATE_FILE = "state.json"
+# Where `cicd up` serves by default (here, not in local_stack: `cicd --help` reads them).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4200
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ os.environ.update(
     }
 )
 os.environ.pop("PREFECT_PROFILE", None)
+# `cicd run` in a test runs in its own process: a warm runner (cicd/cli/warm_runner.py)
+# would outlive the test that started it. tests/test_warm_runner.py turns it on
+# and stops every runner it starts.
+os.environ["CICD_WARM"] = "off"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

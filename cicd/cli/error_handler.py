@@ -109,7 +109,7 @@ def error_handler(json_output: bool = False, flow: str | None = None) -> Iterato
         command.kill_all(close=True)
         _fail(outcome, EXIT_INTERRUPTED, "interrupted", "cicd: interrupted", "interrupted")
     except SystemExit as exc:
-        # A fatal signal (see main._terminate) or sys.exit deep inside a library.
+        # A fatal signal (see main.terminate) or sys.exit deep inside a library.
         code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
         if code != EXIT_PASSED:
             outcome.print_json(

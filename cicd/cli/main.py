@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: object) -> None:
+def terminate(signum: int, frame: object) -> None:
     # Without this, SIGTERM ends the process without running any `finally`:
     # job process groups and service JVMs (each in a session of its own)
     # would survive. Raising unwinds the flow; kill_all stops what it started.
@@ -102,12 +102,12 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _wants_json(argv: Sequence[str]) -> bool:
+def wants_json(argv: Sequence[str]) -> bool:
     # Known before parsing, so a command line argparse refuses still gets its object.
     return "--json" in argv
 
 
-def _flow_name(argv: Sequence[str]) -> str | None:
+def flow_name(argv: Sequence[str]) -> str | None:
     from flows.registry import PIPELINES
 
     words = [word for word in argv if not word.startswith("-")]
@@ -139,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # First of all, before anything imports Prefect.
     prefect_settings.apply_defaults()
     arguments = list(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    with error_handler(_wants_json(arguments), _flow_name(arguments)) as outcome:
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    with error_handler(wants_json(arguments), flow_name(arguments)) as outcome:
         args = build_parser().parse_args(arguments)
+        args.argv = arguments  # what `cicd run` hands to the warm runner's child
         if args.command != "gc":  # gc does it itself, and reports it
             _reclaim_leftovers()
         outcome.code = COMMANDS[args.command][2](args, outcome)

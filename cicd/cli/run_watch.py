@@ -42,6 +42,9 @@ TICK = 2.0
 UNKNOWN = "unknown"
 OK_STATES = {"passed", "cached", "skipped"}
 EXIT_NO_VERDICT = 3
+# Called with the exit code before :func:`end_now` leaves: the warm runner's
+# child sends it to its CLI there (cicd/cli/warm_runner.py).
+before_exit: list[Callable[[int], None]] = []
 
 
 def wait_seconds(environ: dict[str, str] | None = None) -> float:
@@ -179,4 +182,6 @@ def end_now(code: int) -> None:
     command.kill_all(close=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    for hook in before_exit:
+        hook(code)
     os._exit(code)

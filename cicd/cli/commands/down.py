@@ -1,11 +1,10 @@
 """``cicd down``: stop what ``cicd up`` started, workers before the server, by pid,
-and the local server ``cicd run`` started (deployments/run_server.py)."""
+the local server ``cicd run`` started (deployments/run_server.py) and its warm
+runner (cicd/cli/warm_runner.py)."""
 
 from __future__ import annotations
 
 import argparse
-
-from deployments import local_stack as local_server
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,9 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     del args
+    from cicd.cli import warm_client
+    from deployments import local_stack as local_server
     from deployments import run_server
 
-    results = local_server.down() + run_server.stop()
+    results = local_server.down() + run_server.stop() + warm_client.stop()
     if not results:
         print(f"nothing to stop: no local stack is recorded in {local_server.state_dir()}")
         return 0

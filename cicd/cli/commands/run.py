@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cicd.cli import warm_state
 from cicd.cli.error_handler import EXIT_FAILED, EXIT_PASSED, Outcome
 from flows.registry import PIPELINES, Pipeline
 
@@ -78,24 +80,80 @@ def _print_human(report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace, outcome: Outcome) -> int:
     """Run the pipeline; a failed pipeline is a report and exit 1, any other
-    error goes to the error handler."""
+    error goes to the error handler.
+
+    Through the warm runner (``cicd/cli/warm_runner.py``) unless
+    ``CICD_WARM=off`` or it cannot be used: this process then never imports
+    Prefect and only waits for the child's exit code."""
     entry = PIPELINES[args.pipeline]
     repo = getattr(args, "repo", None)
     if entry.takes_repo and repo is None:
         from cicd.sample import default_sample_repo
 
         repo = str(default_sample_repo())
+    if warm_state.mode() == "off":
+        return run_here(args, outcome, repo, None)
+    warm_state.idle_seconds()  # bad input before anything starts
+    from cicd.cli import warm_client
+    from cicd.cli.progress_view import make_view
+
+    # Plain lines until the child's own view takes the terminal.
+    note = make_view(sys.stderr, quiet=getattr(args, "quiet", False), live=False).note
+    with api_for_run(note) as api_url:
+        code = warm_client.run(args.argv, repo, api_url, note)
+        return run_here(args, outcome, repo, api_url) if code is None else code
+
+
+def run_here(
+    args: argparse.Namespace, outcome: Outcome, repo: str | None, api_url: str | None
+) -> int:
+    """The run in this process (the warm runner's child runs this too): the
+    API is decided here when ``api_url`` is None."""
     from cicd.cli.progress_view import make_view, watching
 
+    entry = PIPELINES[args.pipeline]
     # The flow runs here, in this process, its jobs in the task runner's
     # threads: their progress events reach the view directly.
     view = make_view(sys.stderr, quiet=getattr(args, "quiet", False))
-    with watching(view), api_for_run(view.note) as api_url:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(watching(view))
+        timings = _timings_listener()
+        if timings is not None:
+            from tasks import progress
+
+            stack.enter_context(progress.listening(timings))
+        if api_url is None:
+            api_url = stack.enter_context(api_for_run(view.note))
         view.note(f"{entry.name}: started")
+        _timing("FlowCalled")
         report, code = _run_flow(entry, args, outcome, repo, api_url)
     if report is not None:
         _print(report, outcome)
+    _timing("Reported")
     return code
+
+
+def _timing(event: str, at: float | None = None, job: str | None = None) -> None:
+    """With ``CICD_TIMINGS_FILE``, one JSON line: the flow called, each job's
+    start and end, the report printed (bench/fixed_cost.py reads them against
+    the process's own start and exit)."""
+    path = os.environ.get(warm_state.TIMINGS_VARIABLE)
+    if path:
+        line = json.dumps({"event": event, "job": job, "at": at or time.time()})
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def _timings_listener() -> Callable[[Any], None] | None:
+    if not os.environ.get(warm_state.TIMINGS_VARIABLE):
+        return None
+
+    def record(event: Any) -> None:
+        name = type(event).__name__
+        if name in ("JobStarted", "JobFinished"):
+            _timing(name, event.at, event.job)
+
+    return record
 
 
 @contextlib.contextmanager
