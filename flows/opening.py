@@ -20,7 +20,7 @@ from cicd.git import Checkout, changed_files
 from cicd.results import PipelineReport
 from cicd.runs import PipelineRun, pipeline_run
 from flows.gate import FlowOutcome, finish
-from flows.run_names import name_current_run
+from flows.run_names import naming_current_run
 from tasks.checkout import checkout_task
 from tasks.commit_statuses import CommitStatuses, commit_statuses
 from tasks.environments import Environment, environment_task, tool_packages
@@ -55,9 +55,11 @@ class Opened:
         return f"skipped: only paths no job depends on changed ({shown}; ignore_paths)"
 
     def finish(self, report: PipelineReport) -> FlowOutcome:
-        """Each job's and the run's final status on the git host, then the gate."""
+        """The gate (the verdict, told to watchers at once), then each job's and
+        the run's final status on the git host, which never changes it."""
+        outcome = finish(report)
         self.statuses.final(report)
-        return finish(report)
+        return outcome
 
 
 @contextmanager
@@ -73,8 +75,9 @@ def open_pipeline(flow: str, repo: str, ref: str, *, untrusted: bool = False) ->
     with pipeline_run(flow) as run:
         checkout = checkout_task(repo, ref)
         run.workspaces.append(checkout.path)
-        # "pr-validation · owner/repo@branch · 1a2b3c4": the commit is known only now.
-        name_current_run(flow, checkout)
-        config = load_config(checkout.path)
-        with commit_statuses(flow, checkout, config.statuses, untrusted=untrusted) as statuses:
-            yield Opened(run, checkout, config, statuses)
+        # "pr-validation · owner/repo@branch · 1a2b3c4": the commit is known only
+        # now; named while the run goes on, done by its end.
+        with naming_current_run(flow, checkout):
+            config = load_config(checkout.path)
+            with commit_statuses(flow, checkout, config.statuses, untrusted=untrusted) as statuses:
+                yield Opened(run, checkout, config, statuses)

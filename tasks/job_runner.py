@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,7 +40,7 @@ from cicd import command, masking
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.results import JobResult, JobState
 from cicd.runs import PipelineRun
-from tasks import progress
+from tasks import deferred, progress
 from tasks.job import Deadline, Job, JobContext, JobInputs, JobSkipped
 
 # Part of every cache key. Bump it when the shape of JobResult changes: a result
@@ -153,12 +153,11 @@ def job_task(job: Job, run: PipelineRun, workspace: Path) -> JobOutcome:
     run.record(result)
     progress.job_finished(result)
     log_job_end(result)
-    try:
-        publish_job_artifact(run.flow, result)
-    except Exception as exc:
-        # The artifact needs the API; a control plane that is gone must not
-        # turn a verdict into an error (the journal and the report keep it).
-        logging.getLogger(__name__).warning("%s: artifact not published: %s", job.name, exc)
+    # Sent from a thread of its own (in this task run's context), while the job
+    # ends: the artifact needs the API, and neither the job's end nor its
+    # verdict waits for it; a control plane that is gone only loses the
+    # artifact (the journal and the report keep the result).
+    deferred.defer(f"{job.name}: artifact", partial(publish_job_artifact, run.flow, result))
     if result.state is not JobState.PASSED:
         keep_out_of_cache()
     if result.state.ok:

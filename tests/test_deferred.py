@@ -1,0 +1,106 @@
+"""Artifacts published off the path to the verdict (tasks/deferred.py, flows/gate.py):
+the verdict first and alone, the publications awaited, at the latest at exit."""
+
+from __future__ import annotations
+
+import contextvars
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cicd.results import JobResult, JobState, PipelineFailed, PipelineReport
+from tasks import deferred, progress
+
+ROOT = Path(__file__).resolve().parent.parent
+_seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="none")
+
+
+def report(*states: JobState) -> PipelineReport:
+    jobs = tuple(JobResult(f"job{i}", state, 1.0, reason="why") for i, state in enumerate(states))
+    return PipelineReport("pr-validation", "repo", "main", "a" * 40, jobs)
+
+
+def test_a_deferred_publication_runs_in_the_callers_context_and_is_awaited() -> None:
+    got: list[str] = []
+    _seen.set("the flow run")
+    deferred.defer("artifact", lambda: got.append(_seen.get()))
+    assert deferred.wait(10) == []
+    assert got == ["the flow run"]
+
+
+def test_wait_names_what_is_still_running_after_its_timeout() -> None:
+    release = threading.Event()
+    deferred.defer("slow artifact", release.wait)
+    try:
+        assert deferred.wait(0.05) == ["slow artifact"]
+    finally:
+        release.set()
+    assert deferred.wait(10) == []
+
+
+def test_a_failed_publication_is_logged_and_raises_nowhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refused() -> None:
+        raise ConnectionError("the API is gone")
+
+    deferred.defer("job unit: artifact", refused)
+    assert deferred.wait(10) == []
+    assert "job unit: artifact not published: the API is gone" in caplog.text
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_the_gate_gives_the_verdict_before_and_without_the_artifacts(
+    monkeypatch: pytest.MonkeyPatch, failing: bool
+) -> None:
+    from flows import gate
+
+    release = threading.Event()
+    heard: list[progress.ProgressEvent] = []
+
+    def publish_fails_later(_report: PipelineReport) -> None:
+        release.wait(10)
+        raise ConnectionError("the API is gone")
+
+    monkeypatch.setattr(gate, "publish_report", publish_fails_later)
+    states = (JobState.PASSED, JobState.FAILED if failing else JobState.CACHED)
+    with progress.listening(heard.append):
+        # Returns while the publication is still blocked: nothing waits for it.
+        outcome: Any = gate.finish(report(*states))
+    assert deferred.pending() == ["pr-validation: summary artifacts"]
+    release.set()
+    assert deferred.wait(10) == []
+    finished = [e for e in heard if isinstance(e, progress.RunFinished)]
+    assert len(finished) == 1 and finished[0].passed is not failing
+    if failing:
+        assert outcome.is_failed() and isinstance(outcome.data, PipelineFailed)
+    else:
+        assert outcome["state"] == "passed"
+
+
+def test_the_process_publishes_before_it_exits(tmp_path: Path) -> None:
+    """A worker's flow-run process ends when its flow returns: what is still
+    being published is awaited at exit, and the exit code is the process's."""
+    done = tmp_path / "published"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from tasks import deferred
+
+        def publish():
+            time.sleep(0.5)
+            open({str(done)!r}, "w").write("yes")
+
+        deferred.defer("summary", publish)
+        sys.exit(1)
+        """
+    )
+    finished = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
+    assert finished.returncode == 1
+    assert done.read_text() == "yes"
