@@ -23,7 +23,12 @@ from flows.gate import FlowOutcome, finish
 from flows.run_names import naming_current_run
 from tasks.checkout import checkout_task
 from tasks.commit_statuses import CommitStatuses, commit_statuses
-from tasks.environments import Environment, environment_task, tool_packages
+from tasks.environments import (
+    Environment,
+    environment_task,
+    planned_environment,
+    tool_packages,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,14 @@ class Opened:
         """The target's environment with what the jobs need (reused while unchanged)."""
         packages = tool_packages(self.config, suites)
         return environment_task(
+            self.checkout.path, self.config.environment, packages, self.run.log("environment")
+        )
+
+    def planned_environment(self, suites: Iterable[SuiteConfig] = ()) -> Environment:
+        """The same environment by its key alone, neither checked nor built: for
+        jobs that are all served from the cache (``tasks.environments``)."""
+        packages = tool_packages(self.config, suites)
+        return planned_environment(
             self.checkout.path, self.config.environment, packages, self.run.log("environment")
         )
 

@@ -168,3 +168,47 @@ def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
     again = pr_validation(repo=str(repo), ref="main")
     assert again["state"] == "passed", again
     assert environment_damage(env) is None and pack_damage(mirror) is None
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_cached_rerun_skips_the_environment_yet_a_job_that_runs_heals_it(
+    tmp_path: Path,
+) -> None:
+    """Every job served from the cache: nothing runs in the environment, so it is
+    neither checked nor rebuilt. A cached pass that cannot be read is no pass:
+    the job runs, in an environment checked (and healed) first. A failing commit
+    is never served from the cache."""
+    import os
+
+    from flows.pr_validation import pr_validation
+
+    repo = probe_repo(tmp_path)
+    new_commit(repo, "main", "rerun")
+    started = time.time()
+    assert pr_validation(repo=str(repo), ref="main")["state"] == "passed"
+    (env,) = [
+        p
+        for p in paths.environments().glob("py*")
+        if (p / ".cicd-ready").is_file() and (p / ".cicd-ready").stat().st_mtime >= started - 1
+    ]
+    storage = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
+    written = [p for p in storage.glob("cicd-job-*") if p.stat().st_mtime >= started - 1]
+    assert written, "the pass was not cached"
+
+    truncate_environment_file(env)
+    rerun = pr_validation(repo=str(repo), ref="main")
+    assert {job["state"] for job in rerun["jobs"]} == {"cached"}, rerun
+    assert environment_damage(env) is not None  # not looked at: nothing ran in it
+
+    for record in written:
+        record.write_bytes(b"{ cut short")
+    healed = pr_validation(repo=str(repo), ref="main")
+    assert {job["state"] for job in healed["jobs"]} == {"passed"}, healed
+    assert environment_damage(env) is None
+
+    for _ in range(2):
+        with pytest.raises(PipelineFailed) as failed:
+            pr_validation(repo=str(repo), ref="failing")
+        (unit,) = failed.value.report.jobs
+        assert unit.state.value == "failed" and unit.tests is not None and unit.tests.failed == 1
