@@ -127,6 +127,39 @@ def test_environment_damage_names_the_file(tmp_path: Path) -> None:
     assert damage is not None and "bin/pytest" in damage.reason and "sha256" in damage.reason
 
 
+def test_a_file_hashed_once_is_hashed_again_when_written_even_in_place(tmp_path: Path) -> None:
+    """Hashes are reused only for the very file that matched (tasks/environment_check.py):
+    an in-place edit of the same size, its modification time set back, is still
+    caught, by this process and by one that only has the memo file."""
+    import os
+
+    from tasks import environment_check
+
+    env = tmp_path / "env"
+    uv = Path(sys.executable).parent / "uv"
+    subprocess.run([str(uv), "venv", "-q", str(env)], check=True)
+    python = str(env / "bin" / "python")
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", python, "pytest"], check=True)
+    (target,) = env.glob("lib/python*/site-packages/_pytest/main.py")
+    original = target.read_bytes()
+    target.unlink()  # our own copy: uv's cache, linked in, stays intact
+    target.write_bytes(original)
+    assert environment_damage(env) is None
+    assert str(target) in (tmp_path / "env.verified").read_text()
+    assert environment_damage(env) is None  # from the memo
+
+    before = target.stat()
+    with target.open("r+b") as handle:  # one byte other, in place
+        handle.write(b"#" if original[:1] != b"#" else b"!")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size
+    damage = environment_damage(env)
+    assert damage is not None and "_pytest/main.py" in damage.reason and "sha256" in damage.reason
+    environment_check._matched.clear()  # a new process: the memo file alone
+    damage = environment_damage(env)
+    assert damage is not None and "sha256" in damage.reason
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
