@@ -214,17 +214,19 @@ def test_a_cached_rerun_skips_the_environment_yet_a_job_that_runs_heals_it(
     is never served from the cache."""
     import os
 
+    from cicd.config import load_config
     from flows.pr_validation import pr_validation
+    from tasks.environments import planned_environment, tool_packages
 
     repo = probe_repo(tmp_path)
     new_commit(repo, "main", "rerun")
     started = time.time()
     assert pr_validation(repo=str(repo), ref="main")["state"] == "passed"
-    (env,) = [
-        p
-        for p in paths.environments().glob("py*")
-        if (p / ".cicd-ready").is_file() and (p / ".cicd-ready").stat().st_mtime >= started - 1
-    ]
+    # The probe's environment (shared with the other probe runs of the session).
+    config = load_config(repo)
+    packages = tool_packages(config, [config.tests["unit"]])
+    env = planned_environment(repo, config.environment, packages).path
+    assert environment_damage(env) is None
     storage = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
     written = [p for p in storage.glob("cicd-job-*") if p.stat().st_mtime >= started - 1]
     assert written, "the pass was not cached"

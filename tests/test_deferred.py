@@ -104,3 +104,39 @@ def test_the_process_publishes_before_it_exits(tmp_path: Path) -> None:
     finished = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
     assert finished.returncode == 1
     assert done.read_text() == "yes"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_summary_is_published_after_the_flow_run_ended() -> None:
+    """The run's own client is closed when its engine ends: the publication, which
+    may outlive it, has a client of its own, and the artifact is the run's."""
+    import asyncio
+    import uuid
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from flows import gate
+
+    commit = uuid.uuid4().hex
+
+    @flow(name="deferred-probe")
+    def probe() -> Any:
+        from prefect.runtime import flow_run
+
+        done = PipelineReport(
+            "deferred-probe", "repo", "main", commit, report(JobState.PASSED).jobs
+        )
+        return {"outcome": gate.finish(done), "run": str(flow_run.id)}
+
+    returned = probe()
+    assert deferred.wait() == []
+
+    async def summary() -> tuple[str, str]:
+        async with get_client() as client:
+            artifacts = await client.read_latest_artifacts()  # type: ignore[call-arg]
+            found = next(a for a in artifacts if a.key == "deferred-probe-summary")
+            return str(found.data), str(found.flow_run_id)
+
+    data, run_id = asyncio.run(summary())
+    assert commit[:12] in data and run_id == returned["run"]
