@@ -34,5 +34,5 @@ def finish(report: PipelineReport) -> FlowOutcome:
         failed = PipelineFailed(report)
         outcome = Failed(message=str(failed), data=failed)
     progress.run_finished(report)
-    deferred.defer(f"{report.flow}: summary artifacts", partial(publish_report, report))
+    deferred.defer(f"{report.flow}: summary publication", partial(publish_report, report))
     return outcome

@@ -12,15 +12,18 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 from cicd import masking
 from cicd.changes import only_ignored
 from cicd.config import PipelineConfig, SuiteConfig, load_config
-from cicd.git import Checkout, changed_files
+from cicd.git import Checkout, changed_files, remove_workspace
 from cicd.results import PipelineReport
 from cicd.runs import PipelineRun, pipeline_run
 from flows.gate import FlowOutcome, finish
 from flows.run_names import naming_current_run
+from tasks import deferred
 from tasks.checkout import checkout_task
 from tasks.commit_statuses import CommitStatuses, commit_statuses
 from tasks.environments import (
@@ -75,6 +78,10 @@ class Opened:
         return outcome
 
 
+def _remove_later(workspace: Path) -> None:
+    deferred.defer(f"removal of {workspace}", partial(remove_workspace, workspace))
+
+
 @contextmanager
 def open_pipeline(flow: str, repo: str, ref: str, *, untrusted: bool = False) -> Iterator[Opened]:
     """Set up a run of ``flow`` on ``repo@ref``; on any exit its processes are
@@ -86,6 +93,9 @@ def open_pipeline(flow: str, repo: str, ref: str, *, untrusted: bool = False) ->
     masking.register_credentials(os.environ)
     masking.install_filter()
     with pipeline_run(flow) as run:
+        # A normal end: the verdict is known, the workspace goes while the flow
+        # ends (tasks/deferred.py; an error or a cancel removes it at once).
+        run.remove_later = _remove_later
         checkout = checkout_task(repo, ref)
         run.workspaces.append(checkout.path)
         # "pr-validation · owner/repo@branch · 1a2b3c4": the commit is known only

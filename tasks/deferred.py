@@ -1,5 +1,5 @@
-"""What a run publishes for people once its verdict is known, off the path to
-that verdict: the jobs' and the run's Prefect artifacts.
+"""What a run does for people once its verdict is known, off the path to that
+verdict: the jobs' and the run's Prefect artifacts, the removal of its workspace.
 
 An artifact is one request to the Prefect API each (tens of milliseconds on a
 local server, more on a busy or remote one). Made in the job's or the flow's
@@ -53,7 +53,7 @@ def defer(what: str, publish: Callable[[], object]) -> None:
         except Exception as exc:
             # The API may be busy or gone: the verdict stands, the journal and
             # the report files keep what the artifact would have shown.
-            _log.warning("%s not published: %s", what, exc)
+            _log.warning("%s failed: %s", what, exc)
         finally:
             with _lock:
                 del _running[token]
@@ -85,7 +85,7 @@ def wait(timeout: float = WAIT_SECONDS) -> list[str]:
 def _wait_at_exit() -> None:
     left = wait(WAIT_SECONDS)
     if left:
-        _log.warning("not published after %.0f s, given up at exit: %s", WAIT_SECONDS, left)
+        _log.warning("still under way after %.0f s, given up at exit: %s", WAIT_SECONDS, left)
 
 
 # Registered at import, after Prefect's own exit hooks (this module imports

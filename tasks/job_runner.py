@@ -160,7 +160,8 @@ def job_task(job: Job, run: PipelineRun, workspace: Path) -> JobOutcome:
     # ends: the artifact needs the API, and neither the job's end nor its
     # verdict waits for it; a control plane that is gone only loses the
     # artifact (the journal and the report keep the result).
-    deferred.defer(f"{job.name}: artifact", partial(publish_job_artifact, run.flow, result))
+    publication = partial(publish_job_artifact, run.flow, result)
+    deferred.defer(f"{job.name}: artifact publication", publication)
     if result.state is not JobState.PASSED:
         keep_out_of_cache()
     if result.state.ok:

@@ -49,9 +49,9 @@ def test_a_failed_publication_is_logged_and_raises_nowhere(
     def refused() -> None:
         raise ConnectionError("the API is gone")
 
-    deferred.defer("job unit: artifact", refused)
+    deferred.defer("unit: artifact publication", refused)
     assert deferred.wait(10) == []
-    assert "job unit: artifact not published: the API is gone" in caplog.text
+    assert "unit: artifact publication failed: the API is gone" in caplog.text
 
 
 @pytest.mark.parametrize("failing", [False, True])
@@ -72,7 +72,7 @@ def test_the_gate_gives_the_verdict_before_and_without_the_artifacts(
     with progress.listening(heard.append):
         # Returns while the publication is still blocked: nothing waits for it.
         outcome: Any = gate.finish(report(*states))
-    assert deferred.pending() == ["pr-validation: summary artifacts"]
+    assert deferred.pending() == ["pr-validation: summary publication"]
     release.set()
     assert deferred.wait(10) == []
     finished = [e for e in heard if isinstance(e, progress.RunFinished)]
@@ -140,3 +140,23 @@ def test_the_summary_is_published_after_the_flow_run_ended() -> None:
 
     data, run_id = asyncio.run(summary())
     assert commit[:12] in data and run_id == returned["run"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_runs_workspace_is_removed_once_its_verdict_is_known(tmp_path: Path) -> None:
+    """A normal end (also a failing verdict) hands the workspace to a thread; it is
+    gone, and its claim released, once the deferred work ended."""
+    from cicd import paths
+    from flows.pr_validation import pr_validation
+    from tests.test_cache_healing import probe_repo
+
+    repo = probe_repo(tmp_path)
+    passed = pr_validation(repo=str(repo), ref="main")
+    with pytest.raises(PipelineFailed) as failed:
+        pr_validation(repo=str(repo), ref="failing")
+    assert deferred.wait() == []
+    claims = [p.read_text() for p in (paths.home() / "owned").glob("*.json")]
+    for commit in (passed["commit"], failed.value.report.commit):
+        assert not list(paths.workspaces().glob(f"{commit[:12]}-*")), commit
+        assert not [claim for claim in claims if commit[:12] in claim], claims
