@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,10 @@ class PipelineRun:
     directory: Path
     started: float = field(default_factory=time.monotonic)
     workspaces: list[Path] = field(default_factory=list)
+    # How each workspace goes once the run ended normally (its verdict known)
+    # and its processes are killed: None removes it at once; a flow may hand it
+    # to a thread of its own (flows/opening.py). Its claim is held until removed.
+    remove_later: Callable[[Path], None] | None = None
 
     def log(self, job: str) -> Path:
         return self.directory / "logs" / f"{job}.log"
@@ -172,8 +176,10 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
     run = PipelineRun(flow, run_id, directory)
     _opened.append(directory)
     command.reopen()
+    ended = False
     try:
         yield run
+        ended = True
     except BaseException as exc:
         if not isinstance(exc, Exception):
             # Cancellation (Prefect's TerminationSignal), SIGTERM, Ctrl-C: jobs
@@ -186,7 +192,10 @@ def pipeline_run(flow: str) -> Iterator[PipelineRun]:
         # commands run in groups of their own and must be killed here.
         command.kill_all()
         for workspace in run.workspaces:
-            remove_workspace(workspace)
+            if ended and run.remove_later is not None:
+                run.remove_later(workspace)
+            else:
+                remove_workspace(workspace)
         with contextlib.suppress(OSError):
             _write_attempt(directory, run_id, attempt, started=started, ended=time.time())
         held.release()

@@ -1,14 +1,15 @@
-"""The gate at the end of every flow: publish the summary, then fail the flow
-when any job failed."""
+"""The gate at the end of every flow: the verdict (a failed report fails the
+flow), then the summary published without holding up the flow's end."""
 
 from __future__ import annotations
 
-import logging
+from functools import partial
 from typing import Any
 
 from prefect.states import Failed
 
 from cicd.results import PipelineFailed, PipelineReport
+from tasks import deferred, progress
 from tasks.reports import publish_report
 
 # What a flow returns: its report as JSON, or a Failed state carrying PipelineFailed.
@@ -16,19 +17,22 @@ FlowOutcome = Any
 
 
 def finish(report: PipelineReport) -> FlowOutcome:
-    """Publish the summary artifacts, then gate: a failed report fails the flow.
+    """Gate (a failed report fails the flow), then publish the summary artifacts.
+
+    The verdict comes first and from the report alone: watchers hear it at once
+    (``progress.RunFinished``), and the artifacts are sent from a thread of
+    their own while the flow ends (``tasks.deferred``: awaited by readers and
+    at the process's exit). A control plane that is gone loses the artifacts,
+    never the verdict (`cicd run` still reports).
 
     The flow returns a Failed state rather than raising, so Prefect logs one
     line instead of a traceback; calling the flow still raises the
     ``PipelineFailed`` it carries, with the whole report.
     """
-    try:
-        publish_report(report)
-    except Exception as exc:
-        # The artifacts need the API; a control plane that is gone must not
-        # turn the jobs' verdicts into a failed run (`cicd run` still reports).
-        logging.getLogger(__name__).warning("summary artifacts not published: %s", exc)
+    outcome: FlowOutcome = report.to_json()
     if not report.passed:
         failed = PipelineFailed(report)
-        return Failed(message=str(failed), data=failed)
-    return report.to_json()
+        outcome = Failed(message=str(failed), data=failed)
+    progress.run_finished(report)
+    deferred.defer(f"{report.flow}: summary publication", partial(publish_report, report))
+    return outcome

@@ -12,18 +12,26 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 from cicd import masking
 from cicd.changes import only_ignored
 from cicd.config import PipelineConfig, SuiteConfig, load_config
-from cicd.git import Checkout, changed_files
+from cicd.git import Checkout, changed_files, remove_workspace
 from cicd.results import PipelineReport
 from cicd.runs import PipelineRun, pipeline_run
 from flows.gate import FlowOutcome, finish
-from flows.run_names import name_current_run
+from flows.run_names import naming_current_run
+from tasks import deferred
 from tasks.checkout import checkout_task
 from tasks.commit_statuses import CommitStatuses, commit_statuses
-from tasks.environments import Environment, environment_task, tool_packages
+from tasks.environments import (
+    Environment,
+    environment_task,
+    planned_environment,
+    tool_packages,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,14 @@ class Opened:
             self.checkout.path, self.config.environment, packages, self.run.log("environment")
         )
 
+    def planned_environment(self, suites: Iterable[SuiteConfig] = ()) -> Environment:
+        """The same environment by its key alone, neither checked nor built: for
+        jobs that are all served from the cache (``tasks.environments``)."""
+        packages = tool_packages(self.config, suites)
+        return planned_environment(
+            self.checkout.path, self.config.environment, packages, self.run.log("environment")
+        )
+
     def skip_reason(self, base: str | None) -> str | None:
         """Why every job can be skipped: the change since ``base`` touches only
         ignored paths (``on: pull_request: paths-ignore``)."""
@@ -55,9 +71,15 @@ class Opened:
         return f"skipped: only paths no job depends on changed ({shown}; ignore_paths)"
 
     def finish(self, report: PipelineReport) -> FlowOutcome:
-        """Each job's and the run's final status on the git host, then the gate."""
+        """The gate (the verdict, told to watchers at once), then each job's and
+        the run's final status on the git host, which never changes it."""
+        outcome = finish(report)
         self.statuses.final(report)
-        return finish(report)
+        return outcome
+
+
+def _remove_later(workspace: Path) -> None:
+    deferred.defer(f"removal of {workspace}", partial(remove_workspace, workspace))
 
 
 @contextmanager
@@ -71,10 +93,14 @@ def open_pipeline(flow: str, repo: str, ref: str, *, untrusted: bool = False) ->
     masking.register_credentials(os.environ)
     masking.install_filter()
     with pipeline_run(flow) as run:
+        # A normal end: the verdict is known, the workspace goes while the flow
+        # ends (tasks/deferred.py; an error or a cancel removes it at once).
+        run.remove_later = _remove_later
         checkout = checkout_task(repo, ref)
         run.workspaces.append(checkout.path)
-        # "pr-validation · owner/repo@branch · 1a2b3c4": the commit is known only now.
-        name_current_run(flow, checkout)
-        config = load_config(checkout.path)
-        with commit_statuses(flow, checkout, config.statuses, untrusted=untrusted) as statuses:
-            yield Opened(run, checkout, config, statuses)
+        # "pr-validation · owner/repo@branch · 1a2b3c4": the commit is known only
+        # now; named while the run goes on, done by its end.
+        with naming_current_run(flow, checkout):
+            config = load_config(checkout.path)
+            with commit_statuses(flow, checkout, config.statuses, untrusted=untrusted) as statuses:
+                yield Opened(run, checkout, config, statuses)

@@ -11,6 +11,7 @@ change that touches only ignored paths (docs) skips the jobs outright.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any, Final
 
 from prefect import flow
@@ -23,6 +24,7 @@ from flows.gate import FlowOutcome
 from flows.opening import Opened, open_pipeline
 from flows.run_names import planned_name
 from flows.slot_wait import service_slots_or_requeue
+from tasks.environments import Environment
 from tasks.job import Job
 from tasks.job_runner import collect, passed_before, run_job, submit_all
 from tasks.quality import quality_jobs
@@ -46,6 +48,21 @@ def pr_suites(config: PipelineConfig) -> list[str]:
 
 def job_names(config: PipelineConfig) -> list[str]:
     return (["quality"] if config.quality.tools() else []) + pr_suites(config)
+
+
+def plan(
+    config: PipelineConfig,
+    suites: list[str],
+    env: Environment,
+    source: str,
+    workspace: Path,
+    llm_env: dict[str, str] | None = None,
+) -> list[Job]:
+    """The jobs of a PR run, in the order they are reported."""
+    return [
+        *quality_jobs(config.quality, env, source, workspace),
+        *suite_jobs(config, suites, env, source, llm_env),
+    ]
 
 
 def mock_llm(
@@ -88,24 +105,29 @@ def pr_validation(
     with open_pipeline(FLOW_NAME, repo, ref, untrusted=untrusted) as opened:
         run, checkout, config = opened.run, opened.checkout, opened.config
 
-        # - run: pip install -e ".[dev]"   (reused while the dependency inputs are unchanged)
         suites = pr_suites(config)
-        env = opened.environment(config.tests[name] for name in suites)
         # Instant reruns: a job whose inputs are unchanged is served from the cache.
         source = source_fingerprint(checkout.path, config.ignore_paths)
+        # When every job already passed on these very inputs, nothing will run in
+        # the environment: it is planned by its key, neither checked nor built (a
+        # job that runs after all, its cached result unreadable, makes it ready).
+        env = opened.planned_environment(config.tests[name] for name in suites)
+        planned = plan(config, suites, env, source, checkout.path)
+        all_passed = all(passed_before(job) for job in planned)
 
         # on: pull_request: paths-ignore (docs) -> nothing to run, but only when
         # every job already passed on these inputs: docs do not make a red commit green.
         reason = opened.skip_reason(base)
-        planned: list[Job] = [
-            *quality_jobs(config.quality, env, source, checkout.path),
-            *suite_jobs(config, suites, env, source),
-        ]
-        if reason is not None and all(passed_before(job) for job in planned):
+        if reason is not None and all_passed:
             skipped = [
                 JobResult(n, JobState.SKIPPED, 0.0, reason=reason) for n in job_names(config)
             ]
             return opened.finish(run.report(checkout, ref, skipped))
+
+        if not all_passed:
+            # - run: pip install -e ".[dev]"   (reused while the dependency inputs are unchanged)
+            env = opened.environment(config.tests[name] for name in suites)
+            planned = plan(config, suites, env, source, checkout.path)
 
         # jobs: quality, unit-tests, framework-tests (in parallel), pending on the git host
         opened.statuses.pending(job_names(config))
@@ -114,10 +136,7 @@ def pr_validation(
             # The planned jobs, unless a suite needs the gateway's variables.
             jobs = planned
             if llm is not None:
-                jobs = [
-                    *quality_jobs(config.quality, env, source, checkout.path),
-                    *suite_jobs(config, suites, env, source, llm.env),
-                ]
+                jobs = plan(config, suites, env, source, checkout.path, llm.env)
             # each job's status on the git host as soon as it ends
             results = collect(opened.statuses.follow(submit_all(jobs, run, checkout.path)))
         if llm is not None:

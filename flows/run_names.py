@@ -13,11 +13,14 @@ only :func:`name_current_run` talks to Prefect.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
+import threading
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -32,6 +35,8 @@ TRIGGER_TAGS: Final = ("webhook", "git-poller")
 _TAG_CHARS: Final = 100
 # A repo or branch in a run name: enough for owner/name and a long branch.
 _LABEL_CHARS: Final = 80
+# How long the flow's end waits for a rename still under way (a busy server).
+RENAME_WAIT_SECONDS: Final = 10.0
 _SCP_ADDRESS = re.compile(r"^[\w.-]+@[\w.-]+:(?P<path>.+)$")
 
 _log = logging.getLogger(__name__)
@@ -124,6 +129,24 @@ def named_ref(checkout: Checkout) -> str:
         return checkout.ref
 
 
+@contextmanager
+def naming_current_run(flow: str, checkout: Checkout | None) -> Iterator[None]:
+    """:func:`name_current_run` in a thread of its own while the block runs (the
+    pipeline's config, environment and jobs): two requests and a git call that
+    nothing in the run waits for. Joined when the block ends, so the run is
+    named and tagged by the time the flow returns (a reader filters runs by
+    those tags); bounded, since the name never decides anything."""
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(name_current_run, flow, checkout), daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=RENAME_WAIT_SECONDS)
+
+
 def name_current_run(flow: str, checkout: Checkout | None) -> str | None:
     """Rename and tag the running flow run after its checkout (a pipeline on no
     repository, ``cost-report``, is named by its day); the name, or None outside
@@ -134,8 +157,10 @@ def name_current_run(flow: str, checkout: Checkout | None) -> str | None:
     run_id = flow_run.id
     if not run_id:
         return None
+    # One git call for the name and the tags.
+    ref = named_ref(checkout) if checkout is not None else ""
     if checkout is not None:
-        name = run_name(flow, checkout.repo, named_ref(checkout), checkout.commit)
+        name = run_name(flow, checkout.repo, ref, checkout.commit)
     else:
         name = f"{flow}{SEPARATOR}{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     try:
@@ -145,9 +170,7 @@ def name_current_run(flow: str, checkout: Checkout | None) -> str | None:
             current = client.read_flow_run(run_id)
             event = event_of(current.tags, current.deployment_id, current.auto_scheduled)
             ours = (
-                run_tags(checkout.repo, named_ref(checkout), event)
-                if checkout is not None
-                else [f"event:{event}"]
+                run_tags(checkout.repo, ref, event) if checkout is not None else [f"event:{event}"]
             )
             tags = list(dict.fromkeys([*current.tags, *ours]))
             client.update_flow_run(run_id, name=name, tags=tags)

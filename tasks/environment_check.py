@@ -21,15 +21,27 @@ shared 2-core box at load averages of 5-20):
 
 Files without a size in ``RECORD`` (``RECORD`` itself, ``.pyc`` files that
 installers add) are skipped.
+
+A file whose hash matched is not hashed again while its ``stat`` says it is
+the very same file (inode, size, modification and change times, nanoseconds):
+writing a file, also in place and to the same size, or replacing it, changes
+its ``st_ctime``, which no user-space call sets back
+(https://man7.org/linux/man-pages/man7/inode.7.html). Those signatures are
+kept for the process and in ``<environment>.verified`` beside the environment
+(the directory of environments, which a job's box does not mount), so a run
+checks an environment of thousands of files with one ``stat`` each.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
+import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,14 +84,29 @@ def _distribution_name(info: Path) -> str:
     return info.name.removesuffix(".dist-info").partition("-")[0].lower()
 
 
-def _file_damage(site: Path, name: str, row: tuple[str, str, str], hashed: bool) -> Damage | None:
+# A file as stat shows it: inode, size, modification and change times.
+Signature = tuple[int, int, int, int]
+# Hashed files that matched their RECORD, by path, with their signature then.
+_matched: dict[str, Signature] = {}
+_matched_lock = threading.Lock()
+
+
+def _signature(stat: os.stat_result) -> Signature:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _file_damage(
+    site: str, name: str, row: tuple[str, str, str], hashed: bool, matched: dict[str, Signature]
+) -> Damage | None:
     relative, recorded_hash, recorded_size = row
     if not recorded_size:
         return None
-    path = (site / relative).resolve() if relative.startswith("..") else site / relative
+    path = os.path.join(site, relative)
+    if relative.startswith(".."):
+        path = os.path.realpath(path)
     shown = f"{relative} (of {name})"
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except FileNotFoundError:
         return Damage(f"{shown} is missing", name)
     except OSError as exc:
@@ -88,10 +115,57 @@ def _file_damage(site: Path, name: str, row: tuple[str, str, str], hashed: bool)
     if str(stat.st_size) != recorded_size.strip():
         return Damage(f"{shown} is {stat.st_size} bytes, RECORD says {recorded_size}", name, shared)
     in_bin = relative.startswith("../../../bin/")
-    check_hash = (hashed or in_bin) and recorded_hash.startswith("sha256=")
-    if check_hash and _digest(path) != recorded_hash.removeprefix("sha256="):
+    if not ((hashed or in_bin) and recorded_hash.startswith("sha256=")):
+        return None
+    signature = _signature(stat)
+    if matched.get(path) == signature:
+        return None  # the very file that matched before
+    if _digest(Path(path)) != recorded_hash.removeprefix("sha256="):
         return Damage(f"{shown} does not match its RECORD sha256", name, shared)
+    matched[path] = signature
     return None
+
+
+def _memo_path(env: Path) -> Path:
+    return env.with_name(env.name + ".verified")
+
+
+def _load_matched(env: Path) -> dict[str, Signature]:
+    """What matched before: this process's, then the environment's memo file."""
+    # Console scripts are recorded as ../../../bin/x and kept by their real path.
+    prefix = (str(env) + os.sep, os.path.realpath(env) + os.sep)
+    with _matched_lock:
+        known = {path: sig for path, sig in _matched.items() if path.startswith(prefix)}
+    if known:
+        return known
+    try:
+        stored = json.loads(_memo_path(env).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {
+        path: (sig[0], sig[1], sig[2], sig[3])
+        for path, sig in stored.items()
+        if isinstance(path, str)
+        and path.startswith(prefix)
+        and isinstance(sig, list)
+        and len(sig) == 4
+        and all(isinstance(part, int) for part in sig)
+    }
+
+
+def _store_matched(env: Path, matched: dict[str, Signature], before: dict[str, Signature]) -> None:
+    with _matched_lock:
+        _matched.update(matched)
+    if matched == before:
+        return
+    memo = _memo_path(env)
+    temporary = memo.with_name(f"{memo.name}.{os.getpid()}.{threading.get_ident()}")
+    # A memo that cannot be written only costs the next run its hashing.
+    with contextlib.suppress(OSError):
+        temporary.write_text(json.dumps(matched), encoding="utf-8")
+        os.replace(temporary, memo)
 
 
 def environment_damage(env: Path, hashed: Iterable[str] = HASHED_DISTRIBUTIONS) -> Damage | None:
@@ -103,6 +177,8 @@ def environment_damage(env: Path, hashed: Iterable[str] = HASHED_DISTRIBUTIONS) 
         return Damage(f"{python} is not executable")
     hashed_names = {name.replace("-", "_").lower() for name in hashed}
     infos = sorted(env.glob("lib/python*/site-packages/*.dist-info"))
+    before = _load_matched(env)
+    matched = dict(before)
     for info in infos:
         record = info / "RECORD"
         name = _distribution_name(info)
@@ -112,10 +188,12 @@ def environment_damage(env: Path, hashed: Iterable[str] = HASHED_DISTRIBUTIONS) 
             rows = list(_record_rows(record))
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             return Damage(f"{record} cannot be read: {exc}", name)
+        site = str(info.parent)
         for row in rows:
-            damage = _file_damage(info.parent, name, row, name in hashed_names)
+            damage = _file_damage(site, name, row, name in hashed_names, matched)
             if damage is not None:
                 return damage
+    _store_matched(env, matched, before)
     return None
 
 

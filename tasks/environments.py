@@ -20,9 +20,11 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from packaging.requirements import Requirement
 from prefect import task
@@ -65,6 +67,9 @@ class Environment:
     script_paths: tuple[Path, ...] = ()
     # Why a damaged environment was rebuilt this time (tasks.environment_check).
     rebuilt_because: str = ""
+    # Planned on the cache's word (``planned_environment``): what makes it ready
+    # (the check, the install) before anything runs in it; None once it is.
+    ensure: Callable[[], Environment] | None = field(default=None, compare=False, repr=False)
 
     @property
     def python(self) -> Path:
@@ -226,12 +231,57 @@ def ensure_environment(
     return env.for_workspace(workspace)
 
 
+def _environment_path(config: EnvironmentConfig, key: str) -> Path:
+    return paths.environments() / f"py{config.python}-{key[:16]}"
+
+
+def planned_environment(
+    workspace: Path,
+    config: EnvironmentConfig,
+    packages: list[str] | None = None,
+    log_path: Path | None = None,
+) -> Environment:
+    """The environment ``ensure_environment`` would give, by its key alone: neither
+    checked (``tasks.environment_check``) nor built.
+
+    For a run whose every job is served from the cache, where nothing runs in
+    it: a job's cache key holds the environment's key, never its files. A job
+    that runs after all (its cached result could not be read) makes it ready
+    first (:func:`ready`), once for all the run's jobs.
+    """
+    wanted = list(packages or [])
+    key = environment_key(workspace, config, wanted)
+    lock = threading.Lock()
+    made: list[Environment] = []
+
+    def ensure() -> Environment:
+        with lock:
+            if not made:
+                made.append(ensure_environment(workspace, config, wanted, log_path))
+            return made[0]
+
+    planned = Environment(_environment_path(config, key), config.python, key, reused=True)
+    return replace(planned.for_workspace(workspace), ensure=ensure)
+
+
+JobT = TypeVar("JobT")
+
+
+def ready(job: JobT) -> JobT:
+    """``job`` with its environment made ready when it was planned on the cache's
+    word (:func:`planned_environment`); any other job as it is."""
+    env = getattr(job, "env", None)
+    if not isinstance(env, Environment) or env.ensure is None or not is_dataclass(job):
+        return job
+    return cast(JobT, replace(cast(Any, job), env=env.ensure()))
+
+
 def _dependencies_environment(
     workspace: Path, config: EnvironmentConfig, packages: list[str], log_path: Path | None
 ) -> Environment:
     """Reuse the environment for these dependency inputs, or build it."""
     key = environment_key(workspace, config, packages)
-    path = paths.environments() / f"py{config.python}-{key[:16]}"
+    path = _environment_path(config, key)
     if _trusted(path):
         return Environment(path, config.python, key, reused=True)
     with file_lock(path.with_name(path.name + ".lock")):

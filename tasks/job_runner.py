@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,7 +40,8 @@ from cicd import command, masking
 from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infrastructure
 from cicd.results import JobResult, JobState
 from cicd.runs import PipelineRun
-from tasks import progress
+from tasks import deferred, progress
+from tasks.environments import ready
 from tasks.job import Deadline, Job, JobContext, JobInputs, JobSkipped
 
 # Part of every cache key. Bump it when the shape of JobResult changes: a result
@@ -103,7 +104,9 @@ def execute(job: Job, context: JobContext) -> JobResult:
         return JobResult(job.name, state, time.monotonic() - started, reason=reason)
 
     try:
-        result = job.run(context)
+        # A job planned on the cache's word that runs after all: its environment
+        # is checked (or built) first; a commit that does not build fails here.
+        result = ready(job).run(context)
     except (InfrastructureError, BadInput):
         raise
     except JobSkipped as exc:
@@ -153,12 +156,12 @@ def job_task(job: Job, run: PipelineRun, workspace: Path) -> JobOutcome:
     run.record(result)
     progress.job_finished(result)
     log_job_end(result)
-    try:
-        publish_job_artifact(run.flow, result)
-    except Exception as exc:
-        # The artifact needs the API; a control plane that is gone must not
-        # turn a verdict into an error (the journal and the report keep it).
-        logging.getLogger(__name__).warning("%s: artifact not published: %s", job.name, exc)
+    # Sent from a thread of its own (in this task run's context), while the job
+    # ends: the artifact needs the API, and neither the job's end nor its
+    # verdict waits for it; a control plane that is gone only loses the
+    # artifact (the journal and the report keep the result).
+    publication = partial(publish_job_artifact, run.flow, result)
+    deferred.defer(f"{job.name}: artifact publication", publication)
     if result.state is not JobState.PASSED:
         keep_out_of_cache()
     if result.state.ok:

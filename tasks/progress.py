@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from cicd import masking
-from cicd.results import JobResult
+from cicd.results import JobResult, PipelineReport
 
 logger = logging.getLogger("cicd.progress")
 
@@ -85,8 +85,33 @@ class ServiceReady:
     at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class RunFinished:
+    """The run's verdict, as soon as it is known: before its artifacts are
+    published, its commit statuses posted, and Prefect's own end of the flow
+    run (its final state, its heartbeat thread joined). A watcher may report
+    the verdict and its exit code from here; what follows changes neither."""
+
+    report: PipelineReport  # every job's reason masked
+    at: float = field(default_factory=time.time)
+
+    @property
+    def job(self) -> None:
+        return None  # the run's, no job's: views that key lines by job skip it
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
 ProgressEvent = (
-    JobStarted | StepStarted | StepFinished | JobFinished | ServiceStarting | ServiceReady
+    JobStarted
+    | StepStarted
+    | StepFinished
+    | JobFinished
+    | ServiceStarting
+    | ServiceReady
+    | RunFinished
 )
 Listener = Callable[[ProgressEvent], None]
 
@@ -162,3 +187,8 @@ def service_starting(service: str, backend: str) -> None:
 
 def service_ready(service: str, seconds: float) -> None:
     emit(ServiceReady(current_job(), service, seconds))
+
+
+def run_finished(report: PipelineReport) -> None:
+    jobs = tuple(replace(job, reason=masking.mask(job.reason)) for job in report.jobs)
+    emit(RunFinished(replace(report, jobs=jobs)))

@@ -5,7 +5,9 @@ Rendering is pure (tested without Prefect); ``publish_report`` adds the artifact
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
 
 from cicd import masking
 from cicd.results import JobResult, JobState, PipelineReport
@@ -104,19 +106,43 @@ def artifact_key(flow: str, kind: str) -> str:
     return "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in raw)
 
 
+@contextmanager
+def own_client() -> Iterator[None]:
+    """A Prefect client of its own for the block, in the run's context otherwise.
+
+    Artifacts are published from a thread of their own (``tasks.deferred``)
+    that may outlive the run's engine, and with it the client the engine put
+    in ``SyncClientContext`` (closed when the run ends), which Prefect's
+    ``get_client`` and ``Artifact.create`` would take.
+    """
+    from prefect.context import AsyncClientContext, SyncClientContext
+
+    tokens = (
+        SyncClientContext.__var__.set(cast(Any, None)),
+        AsyncClientContext.__var__.set(cast(Any, None)),
+    )
+    try:
+        with SyncClientContext.get_or_create():
+            yield
+    finally:
+        SyncClientContext.__var__.reset(tokens[0])
+        AsyncClientContext.__var__.reset(tokens[1])
+
+
 def publish_report(report: PipelineReport) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_markdown_artifact(
-        key=artifact_key(report.flow, "summary"),
-        markdown=masking.mask(render_summary(report)),
-        description=f"{report.flow} summary for {report.repo}@{report.ref}",
-    )
-    create_table_artifact(
-        key=artifact_key(report.flow, "jobs"),
-        table=masking.mask_json(job_rows(report)),
-        description=f"{report.flow} jobs",
-    )
+    with own_client():
+        create_markdown_artifact(
+            key=artifact_key(report.flow, "summary"),
+            markdown=masking.mask(render_summary(report)),
+            description=f"{report.flow} summary for {report.repo}@{report.ref}",
+        )
+        create_table_artifact(
+            key=artifact_key(report.flow, "jobs"),
+            table=masking.mask_json(job_rows(report)),
+            description=f"{report.flow} jobs",
+        )
 
 
 def render_job(result: JobResult) -> str:
@@ -142,8 +168,9 @@ def render_job(result: JobResult) -> str:
 def publish_job_artifact(flow: str, result: JobResult) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(
-        key=artifact_key(flow, f"job-{result.name}"),
-        markdown=masking.mask(render_job(result)),
-        description=f"{flow} job {result.name}",
-    )
+    with own_client():
+        create_markdown_artifact(
+            key=artifact_key(flow, f"job-{result.name}"),
+            markdown=masking.mask(render_job(result)),
+            description=f"{flow} job {result.name}",
+        )

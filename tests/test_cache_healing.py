@@ -127,6 +127,39 @@ def test_environment_damage_names_the_file(tmp_path: Path) -> None:
     assert damage is not None and "bin/pytest" in damage.reason and "sha256" in damage.reason
 
 
+def test_a_file_hashed_once_is_hashed_again_when_written_even_in_place(tmp_path: Path) -> None:
+    """Hashes are reused only for the very file that matched (tasks/environment_check.py):
+    an in-place edit of the same size, its modification time set back, is still
+    caught, by this process and by one that only has the memo file."""
+    import os
+
+    from tasks import environment_check
+
+    env = tmp_path / "env"
+    uv = Path(sys.executable).parent / "uv"
+    subprocess.run([str(uv), "venv", "-q", str(env)], check=True)
+    python = str(env / "bin" / "python")
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", python, "pytest"], check=True)
+    (target,) = env.glob("lib/python*/site-packages/_pytest/main.py")
+    original = target.read_bytes()
+    target.unlink()  # our own copy: uv's cache, linked in, stays intact
+    target.write_bytes(original)
+    assert environment_damage(env) is None
+    assert str(target) in (tmp_path / "env.verified").read_text()
+    assert environment_damage(env) is None  # from the memo
+
+    before = target.stat()
+    with target.open("r+b") as handle:  # one byte other, in place
+        handle.write(b"#" if original[:1] != b"#" else b"!")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size
+    damage = environment_damage(env)
+    assert damage is not None and "_pytest/main.py" in damage.reason and "sha256" in damage.reason
+    environment_check._matched.clear()  # a new process: the memo file alone
+    damage = environment_damage(env)
+    assert damage is not None and "sha256" in damage.reason
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
@@ -168,3 +201,49 @@ def test_runs_heal_a_corrupted_mirror_and_environment_and_keep_their_verdicts(
     again = pr_validation(repo=str(repo), ref="main")
     assert again["state"] == "passed", again
     assert environment_damage(env) is None and pack_damage(mirror) is None
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_cached_rerun_skips_the_environment_yet_a_job_that_runs_heals_it(
+    tmp_path: Path,
+) -> None:
+    """Every job served from the cache: nothing runs in the environment, so it is
+    neither checked nor rebuilt. A cached pass that cannot be read is no pass:
+    the job runs, in an environment checked (and healed) first. A failing commit
+    is never served from the cache."""
+    import os
+
+    from cicd.config import load_config
+    from flows.pr_validation import pr_validation
+    from tasks.environments import planned_environment, tool_packages
+
+    repo = probe_repo(tmp_path)
+    new_commit(repo, "main", "rerun")
+    started = time.time()
+    assert pr_validation(repo=str(repo), ref="main")["state"] == "passed"
+    # The probe's environment (shared with the other probe runs of the session).
+    config = load_config(repo)
+    packages = tool_packages(config, [config.tests["unit"]])
+    env = planned_environment(repo, config.environment, packages).path
+    assert environment_damage(env) is None
+    storage = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
+    written = [p for p in storage.glob("cicd-job-*") if p.stat().st_mtime >= started - 1]
+    assert written, "the pass was not cached"
+
+    truncate_environment_file(env)
+    rerun = pr_validation(repo=str(repo), ref="main")
+    assert {job["state"] for job in rerun["jobs"]} == {"cached"}, rerun
+    assert environment_damage(env) is not None  # not looked at: nothing ran in it
+
+    for record in written:
+        record.write_bytes(b"{ cut short")
+    healed = pr_validation(repo=str(repo), ref="main")
+    assert {job["state"] for job in healed["jobs"]} == {"passed"}, healed
+    assert environment_damage(env) is None
+
+    for _ in range(2):
+        with pytest.raises(PipelineFailed) as failed:
+            pr_validation(repo=str(repo), ref="failing")
+        (unit,) = failed.value.report.jobs
+        assert unit.state.value == "failed" and unit.tests is not None and unit.tests.failed == 1

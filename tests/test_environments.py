@@ -143,3 +143,46 @@ def test_a_project_that_does_not_build_fails_naming_the_build_error() -> None:
         ensure_environment(workspace, EnvironmentConfig(install_project=True))
 
     assert not project_site(workspace, EnvironmentConfig().python).exists()
+
+
+def test_a_job_planned_on_the_caches_word_makes_its_environment_ready_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``planned_environment`` checks and builds nothing; the first job that runs
+    in it (``ready``) does, once for every job of the run, from any thread."""
+    import threading
+    from dataclasses import dataclass
+
+    from cicd.config import EnvironmentConfig
+    from tasks import environments
+    from tasks.environments import Environment, planned_environment, ready
+
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "0"\n')
+    made: list[Path] = []
+
+    def ensure(workspace: Path, *_args: object) -> Environment:
+        made.append(workspace)
+        return Environment(tmp_path / "real", "3.11", "k", reused=True)
+
+    monkeypatch.setattr(environments, "ensure_environment", ensure)
+    config = EnvironmentConfig()
+    planned = planned_environment(tmp_path, config, ["pytest"])
+    assert made == [] and planned.ensure is not None
+    assert planned.key == environments.environment_key(tmp_path, config, ["pytest"])
+
+    @dataclass(frozen=True)
+    class Probe:
+        env: Environment
+
+    got: list[Environment] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(ready(Probe(planned)).env)) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert made == [tmp_path]
+    assert {env.path for env in got} == {tmp_path / "real"} and all(e.ensure is None for e in got)
+    ready_env = Environment(tmp_path / "other", "3.11", "k", reused=True)
+    assert ready(Probe(ready_env)).env is ready_env
