@@ -207,8 +207,12 @@ def _run_flow(
             run_watch.end_now(code)  # the flow is stuck in Prefect's retries
         return code
 
+    def call() -> Any:
+        with _local_heartbeats():
+            return flow(**entry.parameters(vars(args), repo))
+
     watched = run_watch.watch(
-        lambda: flow(**entry.parameters(vars(args), repo)),
+        call,
         api_url,
         run_watch.wait_seconds(),
         lambda: local_end(ended=False),
@@ -229,6 +233,27 @@ def _run_flow(
         code = EXIT_PASSED if report["state"] == "passed" else EXIT_FAILED
     report = {**report, "flow": entry.name, "duration": round(time.monotonic() - started, 3)}
     return report, code
+
+
+@contextlib.contextmanager
+def _local_heartbeats() -> Iterator[None]:
+    """No flow-run heartbeats for a run in the CLI's process, unless asked for.
+
+    Heartbeats exist so the server can crash and reschedule a run whose worker
+    died (deployments/crash_recovery.py); a run here has no worker to hand it
+    to, its user sees it end, and what it leaves is reclaimed by the next
+    command. Their thread sleeps in 1 s steps and is joined when the flow ends
+    (``_send_heartbeats`` in prefect/flow_engine.py, 3.9.1): up to a second
+    added to every run, after its last job. ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+    set by the user is kept.
+    """
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _lost_to_the_outage(error: BaseException | None) -> bool:
