@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ def run_pipeline(repo: Path, ref: str) -> dict[str, Any]:
         "fixed_s": round(wall - chain, 3),
         "jobs": jobs,
         "environments": envs,
+        "states": sorted({job["state"] for job in jobs.values()}),
     }
 
 
@@ -167,19 +169,24 @@ def bench_project(repo: Path, runs: int, scratch: Path) -> dict[str, Any]:
     if not script.is_file():
         raise SystemExit(f"no shell script for {name}: {script} does not exist")
     base = git(repo, "rev-parse", "--abbrev-ref", "HEAD")
-    first_ref = new_commit(repo, base, f"{name}-setup")
+    # Unique to this invocation: a tree of an earlier invocation would be served
+    # from the cache.
+    nonce = uuid.uuid4().hex[:8]
+    first_ref = new_commit(repo, base, f"{name}-{nonce}-setup")
     first = run_pipeline(repo, first_ref)  # builds the environments, starts the server
     sources = environments(first)
     venv = shell_venv(scratch / name, sources)
     run_shell(script, repo, first_ref, venv)  # warm-up: bytecode, page cache
     shell, pipeline = [], []
     for i in range(runs):
-        ref = new_commit(repo, base, f"{name}-{i}")
+        ref = new_commit(repo, base, f"{name}-{nonce}-{i}")
         for side in ("shell", "pipeline") if i % 2 == 0 else ("pipeline", "shell"):
             if side == "shell":
                 shell.append(run_shell(script, repo, ref, venv))
             else:
                 pipeline.append(run_pipeline(repo, ref))
+                if "cached" in pipeline[-1]["states"]:
+                    raise SystemExit(f"{name} round {i + 1}: a job was served from the cache")
         print(f"{name} round {i + 1}: shell {shell[-1]['wall_s']} s, pipeline "
               f"{pipeline[-1]['wall_s']} s", file=sys.stderr)  # fmt: skip
     git(repo, "branch", "--quiet", "-D", BRANCH)
