@@ -55,6 +55,7 @@ from cicd.coverage_config import find_coverage_settings
 from cicd.errors import ConfigError
 from cicd.pytest_config import find_pytest_config
 from cicd.quality_detection import PRE_COMMIT_CONFIG, detected_tools, mypy_config
+from cicd.unittest_detection import is_unittest_suite
 
 __all__ = [
     "CONFIG_FILE",
@@ -216,6 +217,9 @@ def detect_defaults(root: Path) -> PipelineConfig:
     if _has_tests(root):
         has_coverage_config = find_coverage_settings(root).file is not None
         tests["unit"] = {"coverage": True if has_coverage_config else packages}
+        # A plain unittest suite runs as its CI runs it (cicd/unittest_detection.py).
+        if is_unittest_suite(root, pyproject):
+            tests["unit"]["runner"] = "unittest"
     try:
         return PipelineConfig.model_validate(
             {"environment": {"extras": extras}, "quality": quality, "tests": tests}

@@ -140,6 +140,26 @@ class SuiteConfig(_Model):
     # "off" (YAML's bare `off` is false) for a suite whose tests share state
     # across files. Off unless asked: sharding changes which tests share a process.
     parallel: Annotated[Literal["off", "auto"] | int, BeforeValidator(_parallel)] = "off"
+    # `unittest`: the suite as `python -m unittest` runs it (tasks/unittest_junit.py),
+    # for a project whose CI runs unittest; pytest's start-up and collection cost
+    # more than such a suite itself (issue 15 item 4).
+    runner: Literal["pytest", "unittest"] = "pytest"
+
+    @model_validator(mode="after")
+    def _runner_options(self) -> SuiteConfig:
+        if self.runner == "unittest":
+            given = [
+                name
+                for name, value in (
+                    ("markers", self.markers),
+                    ("args", self.args),
+                    ("parallel", self.parallel != "off"),
+                )
+                if value
+            ]
+            if given:
+                raise ValueError(f"runner 'unittest' takes no {', '.join(given)} (pytest options)")
+        return self
 
     @property
     def coverage_sources(self) -> list[str]:

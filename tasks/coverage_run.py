@@ -42,18 +42,21 @@ class CoverageOutcome:
     reason: str
 
 
-def run_argv(python: Path, suite: SuiteConfig, *, parallel: bool = False) -> list[str]:
+def run_argv(
+    python: Path, suite: SuiteConfig, *, parallel: bool = False, module: bool = True
+) -> list[str]:
     """The start of the test command: ``python -m coverage run [--source=..] -m``.
 
     ``parallel``: one shard of several, whose data goes to a file of its own
-    beside the job's data file, combined before the reports.
+    beside the job's data file, combined before the reports. ``module`` False:
+    a script's path follows, not ``-m`` and a module.
     """
     argv = [str(python), "-m", "coverage", "run"]
     if parallel:
         argv.append("--parallel-mode")
     if suite.coverage_sources:
         argv.append(f"--source={','.join(suite.coverage_sources)}")
-    return [*argv, "-m"]
+    return [*argv, "-m"] if module else argv
 
 
 def data_file(reports_dir: Path, name: str) -> Path:

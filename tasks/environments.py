@@ -463,10 +463,11 @@ def tool_packages(config: PipelineConfig, suites: Iterable[SuiteConfig] = ()) ->
     suites = list(suites) or list(config.tests.values())
     # The quality tools have an environment of their own (tool_environment).
     packages: list[str] = []
-    if suites:
+    if any(suite.runner == "pytest" for suite in suites):
         packages.append("pytest")
     if any(suite.coverage for suite in suites):
-        # `coverage run -m pytest` (tasks/coverage_run.py), not pytest-cov.
+        # `coverage run -m pytest` (tasks/coverage_run.py), not pytest-cov;
+        # a unittest suite needs nothing else (tasks/unittest_junit.py).
         packages.append("coverage")
     if config.benchmarks is not None:
         packages.append("pytest-benchmark")

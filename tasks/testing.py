@@ -7,6 +7,7 @@ variables in ``extra_env``.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,9 @@ from tasks.pytest_outcome import NO_TESTS_COLLECTED, ReportError, exit_reason, p
 
 __all__ = ["ReportError", "parse_coverage", "parse_junit", "pytest_argv", "run_suite"]
 
+# Not imported: run by the project's interpreter (its docstring says why).
+UNITTEST_RUNNER = Path(__file__).with_name("unittest_junit.py")
+
 
 def pytest_argv(
     python: Path,
@@ -46,7 +50,10 @@ def pytest_argv(
     No path unless cicd.yaml names one: pytest's own configuration (testpaths,
     rootdir) decides what it collects, as in the project's own CI. A ``shard``
     runs its files instead, its coverage data in a file of its own.
+    A ``unittest`` suite runs ``tasks/unittest_junit.py`` instead (``unittest_argv``).
     """
+    if suite.runner == "unittest":
+        return unittest_argv(python, suite, junit_path, coverage)
     start = coverage_run.run_argv(python, suite, parallel=shard is not None) if coverage else []
     argv = [
         *(start or [str(python), "-m"]),
@@ -63,10 +70,27 @@ def pytest_argv(
     return argv + list(suite.args)
 
 
+def unittest_argv(
+    python: Path, suite: SuiteConfig, junit_path: Path, coverage: bool = False
+) -> list[str]:
+    """``python [-m coverage run] <reports>/unittest_junit.py [paths] --junitxml=..``:
+    the runner is copied beside the report (``install_unittest_runner``), where the
+    job's box lets the step read it (cicd/sandbox_step.py, reports directories)."""
+    start = coverage_run.run_argv(python, suite, module=False) if coverage else [str(python)]
+    runner = junit_path.parent / UNITTEST_RUNNER.name
+    return [*start, str(runner), *suite.paths, f"--junitxml={junit_path}"]
+
+
+def install_unittest_runner(reports_dir: Path) -> None:
+    shutil.copyfile(UNITTEST_RUNNER, reports_dir / UNITTEST_RUNNER.name)
+
+
 def _where(workspace: Path, suite: SuiteConfig) -> str:
     """Where pytest looked for tests, for the "collected no tests" reason."""
     if suite.paths:
         where = " ".join(suite.paths)
+    elif suite.runner == "unittest":
+        where = "the repository (unittest discovery, test*.py)"
     else:
         try:
             where = find_pytest_config(workspace).describe()
@@ -108,9 +132,11 @@ def run_suite(
             name, workspace, env.python, suite, junit_path, environ, deadline, log_path,
             measures,
         )  # fmt: skip
+    if suite.runner == "unittest":
+        install_unittest_runner(reports_dir)
     if step is None:
         step = run_step(
-            "pytest",
+            suite.runner,
             pytest_argv(env.python, suite, junit_path, coverage=measures),
             cwd=workspace,
             env=environ,

@@ -307,3 +307,30 @@ def test_pyright_where_configured_at_the_groups_pin(tmp_path: Path) -> None:
         quality = jobs(report)["quality"]
         failed = {s["name"] for s in quality["steps"] if s["returncode"] != 0}
         assert quality["state"] == "failed" and failed == {"pyright", "mypy"}, f"run {attempt}"
+
+
+FROZEN_PRE_COMMIT = """\
+repos:
+- repo: https://github.com/PyCQA/isort
+  rev: 0a09c783808cfe77bb3269250f663ff733d23302  # frozen: 7.0.0
+  hooks:
+  - id: isort
+- repo: https://github.com/pre-commit/mirrors-mypy
+  rev: 'a66e98df7b4aeeb3724184b332785976d062b92e'  # frozen: v1.19.1
+  hooks:
+  - id: mypy
+- repo: https://github.com/psf/black-pre-commit-mirror
+  rev: 831207fd435b47aeffdf6af853097e64322b4d44
+  hooks:
+  - id: black
+"""
+
+
+def test_a_frozen_rev_is_pinned_at_the_tag_its_comment_names(tmp_path: Path) -> None:
+    # `pre-commit autoupdate --freeze` (hukkin/tomli): the rev is a commit, its tag a
+    # comment. Without the comment a commit pins nothing: the newest black.
+    root = _project(tmp_path, pre_commit=FROZEN_PRE_COMMIT)
+
+    wanted = tool_requirements(root, _toml(root), ["isort", "mypy", "black"])
+
+    assert wanted == ["black", "isort==7.0.0", "mypy==1.19.1"]
