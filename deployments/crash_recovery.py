@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from cicd.env_numbers import whole_number
 from cicd.errors import BadInput
 from deployments.stack_auth import auth_string_for
 
@@ -81,16 +82,7 @@ class RecoverySettings:
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadInput(f"{name}={raw!r}: expected a whole number >= {minimum}") from None
-    if value < minimum:
-        raise BadInput(f"{name}={raw!r}: expected a whole number >= {minimum}")
-    return value
+    return whole_number(name, default, minimum=minimum, environ=env)
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> RecoverySettings:

@@ -33,6 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cicd import paths
+from cicd.env_numbers import positive_number
 from cicd.errors import BadInput
 from cicd.locking import file_lock
 from deployments.stack_processes import (
@@ -67,16 +68,9 @@ def state_dir() -> Path:
 
 
 def idle_seconds(environ: dict[str, str] | None = None) -> float:
-    env = os.environ if environ is None else environ
-    raw = env.get(IDLE_VARIABLE, "")
-    if not raw:
-        return DEFAULT_IDLE_MINUTES * 60
-    try:
-        minutes = float(raw)
-    except ValueError:
-        minutes = -1.0
-    if not 0 < minutes < 10**6:
-        raise BadInput(f"{IDLE_VARIABLE}={raw!r}: expected a number of minutes > 0")
+    minutes = positive_number(
+        IDLE_VARIABLE, DEFAULT_IDLE_MINUTES, maximum=10**6, unit="minutes", environ=environ
+    )
     return minutes * 60
 
 

@@ -19,11 +19,10 @@ compose file passes the same variable to its workers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Final
 
-from cicd.errors import BadInput
+from cicd.env_numbers import whole_number
 
 RUNS_PER_WORKER_ENV: Final = "CICD_RUNS_PER_WORKER"
 # A PR run already runs its jobs in parallel (quality | unit | framework): two
@@ -35,24 +34,21 @@ MAX_RUNS_PER_WORKER: Final = 256
 
 def runs_per_worker(option: int | None, environ: Mapping[str, str] | None = None) -> int:
     """The ``--limit`` of each worker: the option, else the variable, else the default."""
-    env = os.environ if environ is None else environ
     if option is not None:
-        where, raw = "--runs-per-worker", str(option)
-    else:
-        raw = env.get(RUNS_PER_WORKER_ENV, "").strip()
-        if not raw:
-            return DEFAULT_RUNS_PER_WORKER
-        where = RUNS_PER_WORKER_ENV
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_RUNS_PER_WORKER:
-        raise BadInput(
-            f"{where}={raw!r}: expected a whole number of flow runs per worker, "
-            f"1 to {MAX_RUNS_PER_WORKER}"
+        return whole_number(
+            "--runs-per-worker",
+            DEFAULT_RUNS_PER_WORKER,
+            minimum=1,
+            maximum=MAX_RUNS_PER_WORKER,
+            raw=str(option),
         )
-    return value
+    return whole_number(
+        RUNS_PER_WORKER_ENV,
+        DEFAULT_RUNS_PER_WORKER,
+        minimum=1,
+        maximum=MAX_RUNS_PER_WORKER,
+        environ=environ,
+    )
 
 
 def limit_argv(limit: int) -> list[str]:

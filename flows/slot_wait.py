@@ -32,15 +32,13 @@ make room for) waits as before.
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Final, NoReturn
 from uuid import UUID
 
-from cicd.errors import BadInput
+from cicd.env_numbers import positive_number
 from tasks.job import Job
 from tasks.job_runner import passed_before
 from tasks.testing import SuiteJob
@@ -55,17 +53,8 @@ STATE_NAME: Final = "AwaitingConcurrencySlot"
 
 
 def seconds_setting(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
-    """A positive, finite number of seconds from ``name``, else ``default``."""
-    raw = (os.environ if environ is None else environ).get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
-        raise BadInput(f"{name}={raw!r}: expected a number of seconds, above 0 and at most 3600")
-    return value
+    """A positive number of seconds from ``name``, at most an hour, else ``default``."""
+    return positive_number(name, default, maximum=MAX_SECONDS, environ=environ)
 
 
 def slots_needed(jobs: Iterable[Job]) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cicd import command, runs
-from cicd.errors import BadInput
+from cicd.env_numbers import positive_number
 from deployments.stack_processes import api_healthy
 
 WAIT_VARIABLE = "CICD_SERVER_WAIT_SECONDS"
@@ -48,17 +48,7 @@ before_exit: list[Callable[[int], None]] = []
 
 
 def wait_seconds(environ: dict[str, str] | None = None) -> float:
-    env = os.environ if environ is None else environ
-    raw = env.get(WAIT_VARIABLE, "")
-    if not raw:
-        return DEFAULT_WAIT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 10**7:
-        raise BadInput(f"{WAIT_VARIABLE}={raw!r}: expected a number of seconds > 0")
-    return value
+    return positive_number(WAIT_VARIABLE, DEFAULT_WAIT, environ=environ)
 
 
 @dataclass

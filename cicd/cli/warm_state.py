@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cicd import paths
+from cicd.env_numbers import positive_number
 from cicd.errors import BadInput
 
 MODE_VARIABLE = "CICD_WARM"
@@ -61,17 +62,7 @@ def mode(environ: Mapping[str, str] | None = None) -> str:
 
 
 def idle_seconds(environ: Mapping[str, str] | None = None) -> float:
-    env = os.environ if environ is None else environ
-    raw = env.get(IDLE_VARIABLE, "")
-    if not raw:
-        return DEFAULT_IDLE_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 10**7:
-        raise BadInput(f"{IDLE_VARIABLE}={raw!r}: expected a number of seconds > 0")
-    return value
+    return positive_number(IDLE_VARIABLE, DEFAULT_IDLE_SECONDS, environ=environ)
 
 
 def state_dir() -> Path:

@@ -16,7 +16,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cicd.errors import BadInput, InfrastructureError
+from cicd.env_numbers import whole_number
+from cicd.errors import InfrastructureError
 from cicd.locking import try_file_lock
 from tasks.services.base import logger
 
@@ -34,16 +35,7 @@ PORT_WAIT_LOG_SECONDS = 60.0
 
 
 def max_servers() -> int:
-    raw = os.environ.get(MAX_SERVERS_ENV)
-    if raw is None or raw.strip() == "":
-        return DEFAULT_MAX_SERVERS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise BadInput(f"{MAX_SERVERS_ENV}={raw!r}: expected a whole number >= 1")
-    return value
+    return whole_number(MAX_SERVERS_ENV, DEFAULT_MAX_SERVERS, minimum=1)
 
 
 def _ensure_limit(name: str, limit: int) -> bool:
