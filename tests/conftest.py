@@ -63,6 +63,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def client_environment(api_url: str, auth: str, root: Path, name: str) -> dict[str, str]:
+    """The environment of a Prefect client on a machine of its own: this
+    process's, without its PREFECT_* settings, with a PREFECT_HOME and local
+    result path named ``name`` under ``root`` (two workers on two machines)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_API_AUTH_STRING=auth,
+        PREFECT_HOME=str(root / f"{name}-prefect-home"),
+        PREFECT_LOCAL_STORAGE_PATH=str(root / f"{name}-local-storage"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    return env
+
+
 def wait_for_http(url: str, deadline: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     import urllib.request
 

@@ -33,7 +33,14 @@ from cicd.runs import JOURNAL, read_journal
 from deployments.stack_prefect import WORK_POOL
 from deployments.stack_processes import log_tail, spawn, stop_process, worker_argv, worker_env
 from deployments.stack_state import ProcessRecord, child_pids, is_running, process_start_time
-from tests.conftest import BIN, REPO_ROOT, free_port, stop_process_group, wait_for_http
+from tests.conftest import (
+    BIN,
+    REPO_ROOT,
+    client_environment,
+    free_port,
+    stop_process_group,
+    wait_for_http,
+)
 from tests.postgres_fixture import PostgresServer
 from tests.sample_repos import FAILING_TEST, LINT_ERROR, commit_on_branch
 
@@ -96,16 +103,8 @@ class Cluster:
 
     def client_env(self, name: str) -> dict[str, str]:
         """A machine of its own: PREFECT_HOME and local result path named ``name``."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(
-            PREFECT_API_URL=self.api_url,
-            PREFECT_API_AUTH_STRING=self.auth,
-            PREFECT_HOME=str(self.root / f"{name}-prefect-home"),
-            PREFECT_LOCAL_STORAGE_PATH=str(self.root / f"{name}-local-storage"),
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_LOGGING_LEVEL="WARNING",
-            CICD_HOME=str(self.shared_home),
-        )
+        env = client_environment(self.api_url, self.auth, self.root, name)
+        env["CICD_HOME"] = str(self.shared_home)
         return env
 
     @contextmanager

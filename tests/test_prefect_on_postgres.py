@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BIN, free_port, stop_process_group, wait_for_http
+from tests.conftest import BIN, client_environment, free_port, stop_process_group, wait_for_http
 from tests.postgres_fixture import PostgresServer, postgres_fixture  # noqa: F401 - fixture
 from tests.sample_repos import commit_on_branch
 
@@ -43,16 +43,7 @@ class ProtectedServer:
 
     def env(self, name: str) -> dict[str, str]:
         """A client of its own: PREFECT_HOME and local result path named ``name``."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(
-            PREFECT_API_URL=self.api_url,
-            PREFECT_API_AUTH_STRING=self.auth,
-            PREFECT_HOME=str(self.root / f"{name}-prefect-home"),
-            PREFECT_LOCAL_STORAGE_PATH=str(self.root / f"{name}-local-storage"),
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_LOGGING_LEVEL="WARNING",
-        )
-        return env
+        return client_environment(self.api_url, self.auth, self.root, name)
 
 
 def cicd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
