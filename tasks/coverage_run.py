@@ -12,7 +12,8 @@ cicd.yaml ``fail_under`` is passed as ``--fail-under``.
 The data file is this job's (``COVERAGE_FILE`` in its reports directory, which
 coverage reads before the configuration's ``data_file``): parallel data files
 (``parallel = true``, subprocesses) are then the ones beside it, and they are
-combined before reporting (https://coverage.readthedocs.io/en/latest/cmd.html#cmd-combine).
+combined before reporting (https://coverage.readthedocs.io/en/latest/cmd.html#cmd-combine),
+in one process with the reports (``tasks/coverage_reports.py``).
 A total under ``fail_under`` is its own failure (coverage's reporting
 commands exit 2, https://coverage.readthedocs.io/en/latest/cmd.html#cmd-report),
 never a failed test.
@@ -21,6 +22,7 @@ never a failed test.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from tasks.pytest_outcome import ReportError
 
 # coverage.py's exit status of a reporting command whose total is under fail_under.
 FAIL_UNDER = 2
+# Not imported: run by the project's interpreter (its docstring says why).
+REPORTS_SCRIPT = Path(__file__).with_name("coverage_reports.py")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,14 @@ def _detail(step: StepResult) -> str:
     return f"{step.name} (exit {step.returncode})" + (f": {lines[-1][:300]}" if lines else "")
 
 
+def install_reports_script(reports_dir: Path) -> Path:
+    """``tasks/coverage_reports.py`` beside the job's data, where its box lets
+    the step read it (as ``tasks/unittest_junit.py``)."""
+    target = reports_dir / REPORTS_SCRIPT.name
+    shutil.copyfile(REPORTS_SCRIPT, target)
+    return target
+
+
 def report(
     python: Path,
     suite: SuiteConfig,
@@ -93,43 +105,38 @@ def report(
     deadline: Deadline,
     log_path: Path | None,
 ) -> CoverageOutcome:
-    """Combine (when there are parallel data files), then the JSON report, the
-    terminal report for the log, and HTML when asked."""
-    coverage = [str(python), "-m", "coverage"]
-    bar = [f"--fail-under={suite.fail_under:g}"] if suite.fail_under is not None else []
-    steps: list[StepResult] = []
-
-    def step(name: str, *args: str) -> StepResult:
-        # --data-file names the reports directory: the job's box lets the step
-        # write there (cicd/sandbox_step.py), as COVERAGE_FILE alone would not.
-        argv = [*coverage, *args, f"--data-file={data}"]
-        result = run_step(
-            name, argv, cwd=workspace, env=environ, deadline=deadline, log_path=log_path
-        )
-        steps.append(result)
-        return result
-
-    if any(data.parent.glob(f"{data.name}.*")):
+    """One step, ``tasks/coverage_reports.py``: combine (when there are parallel
+    data files), the JSON report, the terminal report for the log as the
+    project's own ``coverage report`` prints it, and HTML when asked."""
+    combine = any(data.parent.glob(f"{data.name}.*"))
+    if not combine and not data.is_file():
+        return CoverageOutcome((), None, "coverage recorded no data")
+    # The data file is in the reports directory: the job's box lets the step
+    # write there (cicd/sandbox_step.py), as COVERAGE_FILE alone would not.
+    argv = [
+        str(python),
+        str(install_reports_script(data.parent)),
+        f"--data-file={data}",
+        f"--json={json_path}",
+    ]
+    if combine:
         # --append keeps the main process's own data file when there is one.
-        combined = step("coverage combine", "combine", *(["--append"] if data.is_file() else []))
-        if not combined.ok:
-            return CoverageOutcome(tuple(steps), None, _detail(combined))
-    if not data.is_file():
-        return CoverageOutcome(tuple(steps), None, "coverage recorded no data")
-    written = step("coverage json", "json", "-q", "-o", str(json_path), *bar)
-    if written.returncode not in (0, FAIL_UNDER) or not json_path.is_file():
-        return CoverageOutcome(tuple(steps), None, _detail(written))
-    percent = parse_coverage(json_path)
-    # For the log, as the project's own `coverage report` prints it; its exit
-    # status repeats the JSON report's.
-    step("coverage report", "report", "--fail-under=0")
+        argv += ["--combine", *(["--append"] if data.is_file() else [])]
     if html_dir is not None:
-        step("coverage html", "html", "-q", "-d", str(html_dir), "--fail-under=0")
+        argv.append(f"--html={html_dir}")
+    if suite.fail_under is not None:
+        argv.append(f"--fail-under={suite.fail_under:g}")
+    step = run_step(
+        "coverage reports", argv, cwd=workspace, env=environ, deadline=deadline, log_path=log_path
+    )
+    if step.returncode not in (0, FAIL_UNDER) or not json_path.is_file():
+        return CoverageOutcome((step,), None, _detail(step))
+    percent = parse_coverage(json_path)
     reason = ""
-    if written.returncode == FAIL_UNDER:
+    if step.returncode == FAIL_UNDER:
         value = suite.fail_under
         if value is None:
             value = find_coverage_settings(workspace).fail_under
         under = f"fail_under {value:g} %" if value is not None else "the project's fail_under"
         reason = f"coverage {percent:.2f} % < {under}"
-    return CoverageOutcome(tuple(steps), percent, reason)
+    return CoverageOutcome((step,), percent, reason)
