@@ -11,6 +11,7 @@ are Prefect's minimum (30 s), so the test waits for them: it is slow.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -264,13 +265,17 @@ def run_dirs(home: Path, run_id: UUID) -> dict[int, Path]:
 
 
 def assert_crashed_once_then_ran_again(names: list[str]) -> None:
-    """Running, Crashed, AwaitingRetry, then the second Running: never two at once."""
+    """Running, Crashed, AwaitingRetry, then Running again: never two at once
+    (a run put back for its Neo4j slots, AwaitingConcurrencySlot, runs again too)."""
     assert names.count("Crashed") == 1 and names.count("AwaitingRetry") == 1, names
-    assert names.count("Running") == 2, names
     crashed = names.index("Crashed")
-    assert names.index("Running") < crashed < names.index("AwaitingRetry")
+    assert "Running" in names[:crashed] and crashed < names.index("AwaitingRetry"), names
     after = names[crashed + 1 :]
-    assert after.index("AwaitingRetry") < after.index("Running"), names
+    assert "Running" in after and after.index("AwaitingRetry") < after.index("Running"), names
+    running = [i for i, name in enumerate(names) if name == "Running"]
+    ended = {"Crashed", "AwaitingConcurrencySlot"}
+    for before, later in itertools.pairwise(running):
+        assert ended & set(names[before + 1 : later]), names
 
 
 @pytest.mark.slow
@@ -368,10 +373,18 @@ def test_runs_whose_worker_host_dies_are_crashed_rescheduled_and_judged_elsewher
     assert runs[red].state_type == "FAILED", runs[red].state.message
     assert runs[green].state_type == "COMPLETED", runs[green].state.message
     assert runs[long_green].state_type == "COMPLETED", runs[long_green].state.message
-    assert (runs[red].run_count, runs[green].run_count, runs[long_green].run_count) == (2, 2, 1)
-    red_jobs = {job["name"]: job["state"] for job in read_journal(dirs[red][2])}
+    # Each crashed run ran again; a run put back for its Neo4j slots
+    # (flows/slot_wait.py, AwaitingConcurrencySlot) counts another run each time.
+    assert runs[red].run_count >= 2 and runs[green].run_count >= 2, (
+        runs[red].run_count,
+        runs[green].run_count,
+    )
+    assert runs[long_green].run_count >= 1
+    # The verdict is the last attempt's (earlier ones may have been put back for slots).
+    last = {r: max(run_dirs(crash_stack.home, r).items())[1] for r in (red, green)}
+    red_jobs = {job["name"]: job["state"] for job in read_journal(last[red])}
     assert red_jobs.get("unit") == "failed" and red_jobs.get("framework") == "passed", red_jobs
-    green_jobs = {job["name"]: job["state"] for job in read_journal(dirs[green][2])}
+    green_jobs = {job["name"]: job["state"] for job in read_journal(last[green])}
     assert green_jobs.get("framework") == "passed" and "failed" not in green_jobs.values()
 
     timings: dict[str, Any] = {"heartbeat_seconds": HEARTBEAT, "absent_seconds": ABSENT}
@@ -380,7 +393,7 @@ def test_runs_whose_worker_host_dies_are_crashed_rescheduled_and_judged_elsewher
         # Who ran what: attempt 1 in A's namespace, killed there (never ended;
         # its directory noted as reclaimed); attempt 2 in B's, started after A died.
         first = json.loads((dirs[run_id][1] / "attempt.json").read_text())
-        second = json.loads((dirs[run_id][2] / "attempt.json").read_text())
+        second = json.loads((last[run_id] / "attempt.json").read_text())
         assert first["pid_ns"] == ns_a and "ended" not in first
         assert (dirs[run_id][1] / reclaim.NOTE_NAME).is_file()
         assert second["pid_ns"] == ns_b and second["started"] > killed_at

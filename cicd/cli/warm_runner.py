@@ -313,6 +313,8 @@ def run_child(request: Request) -> int:
         code = outcome.code
     finally:
         verdict.send(code)
+    # The CLI has its code; the artifacts are published before this child exits.
+    run.publish_pending()
     return code
 
 

@@ -92,7 +92,9 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
 
         repo = str(default_sample_repo())
     if warm_state.mode() == "off":
-        return run_here(args, outcome, repo, None)
+        code = run_here(args, outcome, repo, None)
+        publish_pending()
+        return code
     warm_state.idle_seconds()  # bad input before anything starts
     from cicd.cli import warm_client
     from cicd.cli.progress_view import make_view
@@ -100,8 +102,22 @@ def run(args: argparse.Namespace, outcome: Outcome) -> int:
     # Plain lines until the child's own view takes the terminal.
     note = make_view(sys.stderr, quiet=getattr(args, "quiet", False), live=False).note
     with api_for_run(note) as api_url:
-        code = warm_client.run(args.argv, repo, api_url, note)
-        return run_here(args, outcome, repo, api_url) if code is None else code
+        handed = warm_client.run(args.argv, repo, api_url, note)
+        if handed is not None:
+            return handed
+        code = run_here(args, outcome, repo, api_url)
+        publish_pending()
+        return code
+
+
+def publish_pending() -> None:
+    """Wait for the run's deferred artifacts (tasks/deferred.py) once the report
+    is out, while the interpreter still runs: at its exit, after
+    ``threading._shutdown``, Prefect's events worker can no longer start
+    ("can't register atexit after shutdown") and they would be lost."""
+    from tasks import deferred
+
+    deferred.wait()
 
 
 def run_here(
