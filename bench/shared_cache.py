@@ -40,22 +40,13 @@ os.environ.setdefault(
     "CICD_NEO4J_HOME", str(Path.home() / ".cache" / "cicd-flows" / "services" / "neo4j" / "5.26.30")
 )
 
-from tests.conftest import free_port, stop_process_group, wait_for_http  # noqa: E402
+from tests.conftest import client_environment, free_port, stop_process_group, wait_for_http  # noqa: E402
 from tests.postgres_fixture import postgres_bin_dir, running_postgres  # noqa: E402
 from tests.sample_repos import build_sample_repos, commit_on_branch  # noqa: E402
 
 
 def client_env(api_url: str, auth: str, name: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_API_URL=api_url,
-        PREFECT_API_AUTH_STRING=auth,
-        PREFECT_HOME=str(SCRATCH / f"{name}-prefect-home"),
-        PREFECT_LOCAL_STORAGE_PATH=str(SCRATCH / f"{name}-local-storage"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
-    return env
+    return client_environment(api_url, auth, SCRATCH, name)
 
 
 def timed_run(env: dict[str, str], repo: Path, ref: str) -> tuple[float, dict[str, Any]]:

@@ -80,6 +80,23 @@ class PostgresServer:
         return self.url(name)
 
 
+def prefect_server_environment(database: str, auth: str, home: Path) -> dict[str, str]:
+    """A Prefect server on ``database`` (a ``postgresql://`` URL) behind basic
+    auth ``auth``, as deployments/docker-compose.yml gives its server: this
+    process's environment without its PREFECT_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_DATABASE_CONNECTION_URL=database.replace(
+            "postgresql://", "postgresql+asyncpg://", 1
+        ),
+        PREFECT_SERVER_API_AUTH_STRING=auth,
+        PREFECT_API_AUTH_STRING=auth,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    return env
+
+
 def _run_as(user: str | None) -> dict[str, Any]:
     """The ``subprocess`` options that run a child as ``user`` (None: as we are)."""
     if user is None:

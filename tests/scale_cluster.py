@@ -17,7 +17,6 @@ only, no Neo4j, so twenty runs fit in a few minutes on two cores.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import time
@@ -41,7 +40,7 @@ from tests.conftest import (
     stop_process_group,
     wait_for_http,
 )
-from tests.postgres_fixture import PostgresServer
+from tests.postgres_fixture import PostgresServer, prefect_server_environment
 from tests.sample_repos import FAILING_TEST, LINT_ERROR, commit_on_branch
 
 DEPLOYMENT = "pr-validation/pr-validation"
@@ -251,16 +250,7 @@ def running_cluster(
     cluster = Cluster(
         api_url, auth, root, root / "shared-cicd-home", repo, limit, dict(extra_env or {})
     )
-    server_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    server_env.update(
-        PREFECT_HOME=str(root / "server-home"),
-        PREFECT_API_DATABASE_CONNECTION_URL=database.replace(
-            "postgresql://", "postgresql+asyncpg://", 1
-        ),
-        PREFECT_SERVER_API_AUTH_STRING=auth,
-        PREFECT_API_AUTH_STRING=auth,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    )
+    server_env = prefect_server_environment(database, auth, root / "server-home")
     with ExitStack() as stack:
         log = stack.enter_context((root / "server.log").open("wb"))
         server = subprocess.Popen(

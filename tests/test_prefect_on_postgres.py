@@ -13,7 +13,6 @@ is never served as cached.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +24,11 @@ import httpx
 import pytest
 
 from tests.conftest import BIN, client_environment, free_port, stop_process_group, wait_for_http
-from tests.postgres_fixture import PostgresServer, postgres_fixture  # noqa: F401 - fixture
+from tests.postgres_fixture import (
+    PostgresServer,
+    postgres_fixture,  # noqa: F401 - fixture
+    prefect_server_environment,
+)
 from tests.sample_repos import commit_on_branch
 
 pytestmark = pytest.mark.postgres
@@ -66,17 +69,7 @@ def protected_server(
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     auth = f"cicd:{secrets.token_urlsafe(24)}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(root / "server-home"),
-        # What deployments/docker-compose.yml gives its server.
-        PREFECT_API_DATABASE_CONNECTION_URL=database.replace(
-            "postgresql://", "postgresql+asyncpg://", 1
-        ),
-        PREFECT_SERVER_API_AUTH_STRING=auth,
-        PREFECT_API_AUTH_STRING=auth,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    )
+    env = prefect_server_environment(database, auth, root / "server-home")
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
