@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ BIN = Path(sys.executable).parent
 SCRATCH = Path(tempfile.mkdtemp(prefix="cicd-bench-cli-"))
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from cicd.sample import commit_all, create_sample_repo, git  # noqa: E402
 
 
@@ -109,11 +109,7 @@ def main() -> None:
     script = ROOT / "bench" / "pr_workflow.sh"
     warm = homes("warm")
     results: dict[str, object] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_before": os.getloadavg()[0],
     }

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -62,6 +61,7 @@ os.environ.setdefault(
 )
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from cicd.sample import commit_all, create_sample_repo, git  # noqa: E402
 
 # The PR workflow's commands as a plain shell script (shared with bench/cli_vs_shell.py).
@@ -182,8 +182,7 @@ def main() -> None:
     try:
         repo = create_sample_repo(SCRATCH / "agentkit")
         results: dict[str, object] = {
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+            "machine": machine(),
             "date": time.strftime("%Y-%m-%d"),
             "runs": args.runs,
         }
