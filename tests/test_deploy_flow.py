@@ -157,19 +157,22 @@ def test_approval_pause_resumes_with_the_approver_recorded(deploy_repo: Path, ho
 
     proc = subprocess.Popen(
         [str(CICD), "run", "deploy", "--repo", str(deploy_repo), "--ref", "approvals", "--json"],
+        # The report is stdout's last line; Prefect's own log lines (its events
+        # worker's "Still processing items" at exit) go to stderr, kept apart.
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
         run_id = _paused_run(time.monotonic() + 180, "approvals")
         assert EnvironmentState.load(PROJECT, "production") is None  # waiting, not deploying
         resume_flow_run(run_id, run_input={"approver": "alice", "comment": "ship it"})
-        out, _ = proc.communicate(timeout=180)
+        out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    assert out.strip(), err.decode()[-2000:]
     report = json.loads(out.decode().strip().splitlines()[-1])
     assert proc.returncode == 0, report
     production = {j["name"]: j for j in report["jobs"]}["deploy-production"]
