@@ -29,6 +29,7 @@ from tasks.job import Job
 from tasks.job_runner import collect, passed_before, run_job, submit_all
 from tasks.quality import quality_jobs
 from tasks.testing import suite_jobs
+from tasks.tool_caches import ToolCaches
 from tasks.usage import LlmBudgetJob, LlmSession, llm_session
 
 FLOW_NAME: Final = "pr-validation"
@@ -57,10 +58,11 @@ def plan(
     source: str,
     workspace: Path,
     llm_env: dict[str, str] | None = None,
+    caches: ToolCaches | None = None,
 ) -> list[Job]:
     """The jobs of a PR run, in the order they are reported."""
     return [
-        *quality_jobs(config.quality, env, source, workspace),
+        *quality_jobs(config.quality, env, source, workspace, caches),
         *suite_jobs(config, suites, env, source, llm_env),
     ]
 
@@ -108,11 +110,13 @@ def pr_validation(
         suites = pr_suites(config)
         # Instant reruns: a job whose inputs are unchanged is served from the cache.
         source = source_fingerprint(checkout.path, config.ignore_paths)
+        # - uses: actions/cache (.mypy_cache), written back only by trusted code
+        caches = ToolCaches(checkout.repo, publish=not untrusted)
         # When every job already passed on these very inputs, nothing will run in
         # the environment: it is planned by its key, neither checked nor built (a
         # job that runs after all, its cached result unreadable, makes it ready).
         env = opened.planned_environment(config.tests[name] for name in suites)
-        planned = plan(config, suites, env, source, checkout.path)
+        planned = plan(config, suites, env, source, checkout.path, caches=caches)
         all_passed = all(passed_before(job) for job in planned)
 
         # on: pull_request: paths-ignore (docs) -> nothing to run, but only when
@@ -127,7 +131,7 @@ def pr_validation(
         if not all_passed:
             # - run: pip install -e ".[dev]"   (reused while the dependency inputs are unchanged)
             env = opened.environment(config.tests[name] for name in suites)
-            planned = plan(config, suites, env, source, checkout.path)
+            planned = plan(config, suites, env, source, checkout.path, caches=caches)
 
         # jobs: quality, unit-tests, framework-tests (in parallel), pending on the git host
         opened.statuses.pending(job_names(config))
@@ -136,7 +140,7 @@ def pr_validation(
             # The planned jobs, unless a suite needs the gateway's variables.
             jobs = planned
             if llm is not None:
-                jobs = plan(config, suites, env, source, checkout.path, llm.env)
+                jobs = plan(config, suites, env, source, checkout.path, llm.env, caches)
             # each job's status on the git host as soon as it ends
             results = collect(opened.statuses.follow(submit_all(jobs, run, checkout.path)))
         if llm is not None:

@@ -169,6 +169,18 @@ def job_running(name: str) -> Iterator[None]:
         _current.job = previous
 
 
+@contextlib.contextmanager
+def acting_for(name: str | None) -> Iterator[None]:
+    """Mark this thread as working for job ``name``, started in another thread
+    (a job's tools side by side): its steps are that job's."""
+    previous = current_job()
+    _current.job = name
+    try:
+        yield
+    finally:
+        _current.job = previous
+
+
 def step_started(step: str, command: str) -> None:
     emit(StepStarted(current_job() or "", step, masking.mask(command)))
 

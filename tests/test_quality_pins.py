@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cicd import paths
 from cicd.config import detect_defaults
 from cicd.quality_detection import tool_requirements
 from cicd.sample import commit_all, git
@@ -139,6 +140,19 @@ LOOSE_SCRIPT = "def untyped(value):\n    return value\n"
 GREETING = 'GREETING = "hello, " "world"\n'
 
 
+USE_OF_DOUBLE = "from linted import double\n\nFOUR: int = double(2)\n"
+
+
+def mypy_stores() -> list[Path]:
+    found = (paths.home() / "caches").glob("mypy-*")
+    return sorted(store for store in found if store.is_dir())
+
+
+def last_quality_log() -> str:
+    runs = sorted(paths.runs().glob("pr-validation-*"), key=lambda run: run.stat().st_mtime)
+    return (runs[-1] / "logs" / "quality.log").read_text()
+
+
 def build_linted_repo(root: Path) -> Path:
     repo = root / "linted"
     (repo / "src" / "linted").mkdir(parents=True)
@@ -149,6 +163,9 @@ def build_linted_repo(root: Path) -> Path:
     (repo / "src" / "linted" / "__init__.py").write_text(
         "def double(value: int) -> int:\n    return value * 2\n"
     )
+    # Unchanged by the red commits below: a cached check of it must not hide
+    # an error that a change of `double` makes here.
+    (repo / "src" / "linted" / "use.py").write_text(USE_OF_DOUBLE)
     (repo / "scripts" / "loose.py").write_text(LOOSE_SCRIPT)
     (repo / "src" / "linted" / "greeting.py").write_text(GREETING)
     (repo / "tests" / "test_linted.py").write_text(
@@ -202,6 +219,11 @@ def test_pinned_linters_and_dependency_groups_as_the_project_runs_them(tmp_path:
         else:
             assert (quality["state"], unit["state"]) == ("cached", "cached")
 
+    # The green run published its mypy cache (tasks/tool_caches.py): the red
+    # commits below are checked from it, and still fail.
+    stores = mypy_stores()
+    assert len(stores) == 1 and any(stores[0].glob("3.*/*")), stores  # per Python version
+
     # A type error inside mypy's files fails quality on every run; the unit job passed
     # the first time, so the second serves it from the cache.
     git(repo, "checkout", "--quiet", "-b", "red-types")
@@ -216,6 +238,26 @@ def test_pinned_linters_and_dependency_groups_as_the_project_runs_them(tmp_path:
         assert quality["state"] == "failed", f"run {attempt}"
         failed = [s["name"] for s in quality["steps"] if s["returncode"] != 0]
         assert failed == ["mypy"]
+
+    # The error is in a file the commit leaves as it was, whose cached check
+    # passed: mypy rechecks it because what it imports changed.
+    git(repo, "checkout", "--quiet", "-B", "red-dependent", "main")
+    (repo / "src" / "linted" / "__init__.py").write_text(
+        "def double(value: int) -> str:\n    return str(value * 2)\n"
+    )
+    commit_all(repo, "feat: double returns a string")
+    code, report = run_json(repo, "red-dependent")
+    assert code == 1, report
+    failed = [s["name"] for s in jobs(report)["quality"]["steps"] if s["returncode"] != 0]
+    assert failed == ["mypy"]
+    assert "src/linted/use.py:3: error: Incompatible types in assignment" in last_quality_log()
+    # And green again once fixed, from the red run's cache.
+    git(repo, "checkout", "--quiet", "-B", "fixed", "main")
+    (repo / "src" / "linted" / "use.py").write_text(USE_OF_DOUBLE + "EIGHT: int = double(4)\n")
+    commit_all(repo, "feat: eight")
+    code, report = run_json(repo, "fixed")
+    assert code == 0, report
+    assert jobs(report)["quality"]["state"] == "passed"
 
     # Without the group that brings six, the test cannot import it: unit fails on
     # every run, while quality (same files, same pins) is served from the cache.
