@@ -15,7 +15,9 @@ import pytest
 from cicd import paths
 from cicd.config import EnvironmentConfig
 from cicd.git import remove_workspace
+from tasks.environment_check import untrusted_reason
 from tasks.environments import (
+    READY_MARKER,
     ProjectBuildFailed,
     ensure_environment,
     project_site,
@@ -186,3 +188,16 @@ def test_a_job_planned_on_the_caches_word_makes_its_environment_ready_once(
     assert {env.path for env in got} == {tmp_path / "real"} and all(e.ensure is None for e in got)
     ready_env = Environment(tmp_path / "other", "3.11", "k", reused=True)
     assert ready(Probe(ready_env)).env is ready_env
+
+
+def test_an_environment_is_compiled_to_bytecode_once_at_install() -> None:
+    # A job's interpreter cannot write .pyc files into the shared environment
+    # (read-only in its box, PYTHONDONTWRITEBYTECODE): without them at install
+    # every run compiles pytest and coverage again.
+    workspace = make_workspace("bytecode")
+    env = ensure_environment(workspace, EnvironmentConfig(), ["pytest", "coverage"])
+    site = next(env.path.glob("lib/python*/site-packages"))
+    compiled = {path.parent.parent.name for path in site.glob("*/__pycache__/*.pyc")}
+    assert {"_pytest", "coverage", "pluggy"} <= compiled, sorted(compiled)
+    # And the check of a reused environment is not fooled by them.
+    assert untrusted_reason(env.path, READY_MARKER) is None
