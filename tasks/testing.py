@@ -134,10 +134,17 @@ def run_suite(
         )  # fmt: skip
     if suite.runner == "unittest":
         install_unittest_runner(reports_dir)
+    status = None
     if step is None:
+        argv = pytest_argv(env.python, suite, junit_path, coverage=measures)
+        if coverage_path is not None:
+            status = reports_dir / f"coverage-status-{name}.json"
+            argv = coverage_run.reporting_in_process(
+                argv, data, coverage_path, html_dir, suite, status
+            )
         step = run_step(
             suite.runner,
-            pytest_argv(env.python, suite, junit_path, coverage=measures),
+            argv,
             cwd=workspace,
             env=environ,
             deadline=deadline,
@@ -160,10 +167,16 @@ def run_suite(
         reasons = [exit_reason(step.returncode, tests, step.output_tail, where)]
     coverage = None
     if measures and coverage_path is not None and not step.timed_out:
-        measured = coverage_run.report(
-            env.python, suite, workspace, environ, data, coverage_path, html_dir, deadline,
-            log_path,
-        )  # fmt: skip
+        measured = None
+        if status is not None:
+            measured = coverage_run.in_process_outcome(
+                status, suite, workspace, coverage_path, log_path
+            )
+        if measured is None:
+            measured = coverage_run.report(
+                env.python, suite, workspace, environ, data, coverage_path, html_dir, deadline,
+                log_path,
+            )  # fmt: skip
         steps += measured.steps
         coverage = measured.percent
         # "No data" after a run that collected nothing says nothing more.

@@ -158,10 +158,50 @@ def test_coverage_counts_the_import_time_lines_of_a_package_a_plugin_imports(
     assert list(direct["files"]) == ["src/gadget/__init__.py"]
     # Only `unused`'s two lines are missed: the import-time ones all count.
     assert direct["totals"]["missing_lines"] == 2
-    # Combine, JSON and the terminal report in one process of the project's coverage.
+    # Combine, JSON and the terminal report in the test process (tasks/coverage_reports.py
+    # --run), reported as a step of their own; the parallel data files were combined.
     assert [s.name for s in result.steps] == ["pytest", "coverage reports"]
-    assert "--combine" in result.steps[1].command
-    # The log keeps the table the project's own `coverage report` prints.
+    assert "coverage_reports.py" in result.steps[0].command and " --run " in result.steps[0].command
+    assert result.steps[1].command.startswith("(in the test process)")
+    assert not list(
+        (paths.runs() / f"layout-{workspace.name}" / "reports").glob(".coverage-unit.*")
+    )
+    # The log keeps the table the project's own `coverage report` prints, after
+    # the tests' output, which stays the test command's own.
+    assert "TOTAL" in result.steps[1].output_tail
+    assert "TOTAL" not in result.steps[0].output_tail
+
+
+# Run by pytest at its end, in the interpreter the in-process reports then use.
+UNFIT_CONFTEST = """\
+import coverage
+
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("left broken by the suite")
+
+
+def pytest_unconfigure(config):
+    coverage.Coverage.json_report = _broken
+"""
+
+
+@pytest.mark.slow
+def test_reports_run_in_a_process_of_their_own_when_the_tests_leave_theirs_unfit(
+    workspace: Path, tools_env: Environment
+) -> None:
+    layout_repos.plugin_project(workspace)
+    (workspace / "tests" / "conftest.py").write_text(UNFIT_CONFTEST)
+    suite = detect_defaults(workspace).tests["unit"]
+
+    result = run(workspace, tools_env, suite)
+
+    assert result.state is JobState.PASSED, (result.reason, [s.output_tail for s in result.steps])
+    assert result.coverage_percent == pytest.approx(
+        direct_coverage(workspace, tools_env)["totals"]["percent_covered"]
+    )
+    assert [s.name for s in result.steps] == ["pytest", "coverage reports"]
+    assert "--data-file=" in result.steps[1].command  # the script itself, not the record
     assert "TOTAL" in result.steps[1].output_tail
 
 
