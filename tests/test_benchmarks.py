@@ -126,8 +126,11 @@ def test_double_cost_is_a_regression_naming_the_benchmark(suite: tuple[Path, Bas
     assert row.current / row.baseline > 1.4, row
     assert row.p_value is not None and row.p_value <= 0.05
     assert not comparison.ok
+    # The untouched benchmark is not a regression. It may read as "improved":
+    # the baseline's rounds and these ran minutes apart on a shared machine
+    # (CI saw -34 %, p = 0.008, at a lower load than the baseline's).
     cold = next(r for r in comparison.rows if r.key == COLD)
-    assert cold.verdict == "ok", cold
+    assert cold.verdict in ("ok", "improved"), cold
 
     report = render_comparison_markdown(comparison)
     regression_line = next(line for line in report.splitlines() if "REGRESSION" in line)
