@@ -4,6 +4,7 @@ are in tests/test_quality_pins.py (real mypy through the CLI)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -126,3 +127,14 @@ def test_side_by_side_steps_are_the_jobs_and_all_end_before_a_failure_is_raised(
     assert ended == ["slow"]
     steps = {e.step: e.job for e in seen if isinstance(e, progress.StepStarted)}
     assert steps == {"ruff": "quality", "mypy": "quality", "black": "quality"}
+
+
+def test_black_gets_half_the_cores_unless_the_project_chose_its_workers() -> None:
+    from tasks.quality import _shared_cores
+
+    assert _shared_cores("black", []) == {
+        "BLACK_NUM_WORKERS": str(max(1, (os.cpu_count() or 1) // 2))
+    }
+    for chosen in (["--workers", "4"], ["--workers=4"], ["-W", "4"], ["-W4"]):
+        assert _shared_cores("black", chosen) == {}, chosen
+    assert _shared_cores("mypy", []) == {}
