@@ -154,8 +154,11 @@ def shell_venv(where: Path, sources: list[Path]) -> Path:
     uv = BIN / "uv"
     subprocess.run([str(uv), "venv", "--quiet", "--python", str(python), str(venv)], check=True)
     wanted = sorted({req for env in sources for req in frozen(env)})
-    subprocess.run([str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin/python"),
-                    *wanted], check=True)  # fmt: skip
+    # Compiled at install as pip compiles, and as the pipeline's environments
+    # are (tasks/environments.py): where PYTHONDONTWRITEBYTECODE is set (this
+    # machine) a venv without .pyc files compiles its imports on every run.
+    subprocess.run([str(uv), "pip", "install", "--quiet", "--compile-bytecode",
+                    "--python", str(venv / "bin/python"), *wanted], check=True)  # fmt: skip
     return venv
 
 
