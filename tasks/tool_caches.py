@@ -83,21 +83,28 @@ def _lock(store: Path) -> Path:
     return store.with_name(store.name + ".lock")
 
 
+def _copied(source: Path, target: Path, failure: str) -> bool:
+    """``source`` copied to ``target`` (symlinks as links); on an error, nothing
+    left at ``target`` and ``failure`` logged with it."""
+    try:
+        shutil.copytree(source, target, symlinks=True)
+    except OSError as exc:
+        _log.warning("%s: %s", failure, exc)
+        shutil.rmtree(target, ignore_errors=True)
+        return False
+    return True
+
+
 def seed(store: Path, target: Path) -> bool:
     """Copy the published cache to ``target``; whether there was one. A cache
     that cannot be copied is left out: the tool then starts cold."""
     if target.exists():
         return False  # the commit brought its own (a committed .mypy_cache): left as it is
+    # Under the lock: a publication renames the store away.
     with file_lock(_lock(store)):
         if not store.is_dir():
             return False
-        try:
-            shutil.copytree(store, target, symlinks=True)
-        except OSError as exc:
-            _log.warning("the cache %s was not copied, starting cold: %s", store, exc)
-            shutil.rmtree(target, ignore_errors=True)
-            return False
-    return True
+        return _copied(store, target, f"the cache {store} was not copied, starting cold")
 
 
 def publish(target: Path, store: Path) -> bool:
@@ -106,11 +113,7 @@ def publish(target: Path, store: Path) -> bool:
     if not target.is_dir():
         return False
     staged = store.with_name(f"{store.name}.{uuid.uuid4().hex[:12]}.new")
-    try:
-        shutil.copytree(target, staged, symlinks=True)
-    except OSError as exc:
-        _log.warning("the cache %s was not published: %s", target, exc)
-        shutil.rmtree(staged, ignore_errors=True)
+    if not _copied(target, staged, f"the cache {target} was not published"):
         return False
     retired = store.with_name(f"{store.name}.{uuid.uuid4().hex[:12]}.old")
     with file_lock(_lock(store)):
