@@ -111,22 +111,25 @@ def run_step(
     deadline: Deadline,
     log_path: Path | None = None,
     job: str | None = None,
+    shown: str | None = None,
 ) -> StepResult:
     """One command of a job, within what is left of the job's deadline.
 
     The command and, live, its output go to the run's logs (``tasks.step_logs``,
     bounded per step; ``log_path`` keeps the whole output, named by the job
-    ``job``, default the log file's name).
+    ``job``, default the log file's name). ``shown``: what the live view and
+    the run's log say the step runs, when ``argv`` wraps a command a user knows
+    (the log file and the result keep ``argv`` itself).
 
     Raises ``command.Cancelled`` when the run is being torn down, also when the
     command was killed by that teardown: its exit status is not a verdict.
     """
     if deadline.expired:
         return StepResult(name, " ".join(argv), -1, 0.0, timed_out=True, output_tail="not started")
-    progress.step_started(name, " ".join(argv))
+    progress.step_started(name, shown or " ".join(argv))
     started = time.monotonic()
     job_name = job or (log_path.stem if log_path is not None else "job")
-    live = StepLog(job_name, name, " ".join(argv), log_path, run_logger())
+    live = StepLog(job_name, name, shown or " ".join(argv), log_path, run_logger())
     try:
         # Confined (cicd/sandbox.py): the step sees its workspace, not the worker.
         with confine_step(argv, cwd, env) as (confined_argv, confined_env):

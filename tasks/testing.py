@@ -136,7 +136,7 @@ def run_suite(
         install_unittest_runner(reports_dir)
     status = None
     if step is None:
-        argv = pytest_argv(env.python, suite, junit_path, coverage=measures)
+        argv = shown = pytest_argv(env.python, suite, junit_path, coverage=measures)
         if coverage_path is not None:
             status = reports_dir / f"coverage-status-{name}.json"
             argv = coverage_run.reporting_in_process(
@@ -149,6 +149,7 @@ def run_suite(
             env=environ,
             deadline=deadline,
             log_path=log_path,
+            shown=" ".join(shown) + (" (coverage reports in the same process)" if status else ""),
         )
     # A test may print a secret it was given (a service password): the report
     # keeps no trace of it, on disk or in the counts' messages.

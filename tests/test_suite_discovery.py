@@ -23,7 +23,7 @@ from cicd.config import SuiteConfig, detect_defaults
 from cicd.coverage_config import find_coverage_settings
 from cicd.pytest_config import find_pytest_config
 from cicd.results import JobResult, JobState
-from tasks import job_runner
+from tasks import job_runner, progress
 from tasks.environments import Environment
 from tasks.job import Deadline
 from tasks.testing import SuiteJob, run_suite
@@ -149,7 +149,9 @@ def test_coverage_counts_the_import_time_lines_of_a_package_a_plugin_imports(
     layout_repos.plugin_project(workspace, parallel=True)
     suite = detect_defaults(workspace).tests["unit"]
 
-    result = run(workspace, tools_env, suite)
+    events: list[progress.ProgressEvent] = []
+    with progress.listening(events.append):
+        result = run(workspace, tools_env, suite)
 
     assert result.state is JobState.PASSED, (result.reason, [s.output_tail for s in result.steps])
     direct = direct_coverage(workspace, tools_env)
@@ -170,6 +172,10 @@ def test_coverage_counts_the_import_time_lines_of_a_package_a_plugin_imports(
     # the tests' output, which stays the test command's own.
     assert "TOTAL" in result.steps[1].output_tail
     assert "TOTAL" not in result.steps[0].output_tail
+    # The live view shows the command a user knows, not the wrapper.
+    started = [e.command for e in events if isinstance(e, progress.StepStarted)]
+    assert started[0].startswith(f"{tools_env.python} -m coverage run -m pytest"), started
+    assert started[0].endswith("(coverage reports in the same process)"), started
 
 
 # Run by pytest at its end, in the interpreter the in-process reports then use.
