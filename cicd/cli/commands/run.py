@@ -262,13 +262,21 @@ def _local_heartbeats() -> Iterator[None]:
     (``_send_heartbeats`` in prefect/flow_engine.py, 3.9.1): up to a second
     added to every run, after its last job. ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
     set by the user is kept.
+
+    A copy of the current settings with that one field changed, not
+    ``temporary_settings``: its ``Settings.copy_with_update`` validates a whole
+    new ``Settings`` and reads every environment source again, 50-100 ms of
+    CPU before the flow starts (cProfile of a run, bench/README.md, issue 15).
     """
     if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
         yield
         return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.context import SettingsContext, get_settings_context
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    context = get_settings_context()
+    flows = context.settings.flows.model_copy(update={"heartbeat_frequency": None})
+    settings = context.settings.model_copy(update={"flows": flows})
+    with SettingsContext(profile=context.profile, settings=settings):
         yield
 
 
