@@ -93,6 +93,11 @@ def preload() -> None:
     # What the first flow run imports on its own (measured: 140 modules, ~0.3 s).
     for name in LAZY_IMPORTS:
         importlib.import_module(name)
+    # The CA bundle Prefect's API clients verify with, loaded once for every child.
+    from cicd.cli import prefect_tls
+
+    prefect_tls.share()
+    prefect_tls.made_before_fork()
 
 
 @dataclass

@@ -125,6 +125,7 @@ def run_here(
 ) -> int:
     """The run in this process (the warm runner's child runs this too): the
     API is decided here when ``api_url`` is None."""
+    from cicd.cli import prefect_tls
     from cicd.cli.progress_view import make_view, watching
 
     entry = PIPELINES[args.pipeline]
@@ -141,6 +142,7 @@ def run_here(
         if api_url is None:
             api_url = stack.enter_context(api_for_run(view.note))
         view.note(f"{entry.name}: started")
+        prefect_tls.share()  # one CA bundle load for all the run's API clients
         _timing("FlowCalled")
         report, code = _run_flow(entry, args, outcome, repo, api_url)
     if report is not None:
