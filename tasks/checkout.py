@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cicd.errors import retry_on_infrastructure
-from cicd.git import Checkout, checkout
+from cicd.git import Checkout, ahead, checkout
 
 
 @task(
@@ -23,7 +23,8 @@ from cicd.git import Checkout, checkout
     cache_policy=NO_CACHE,
 )
 def checkout_task(repo: str, ref: str) -> Checkout:
-    result = checkout(repo, ref)
+    # Started by `cicd run` while Prefect was creating this run (cicd/git/ahead.py).
+    result = ahead.take(repo, ref) or checkout(repo, ref)
     if result.healed:
         # In the run's log, not only the worker's: why this run cloned from scratch.
         get_run_logger().warning("mirror %s rebuilt: %s", result.mirror, result.healed)

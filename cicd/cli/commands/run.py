@@ -225,16 +225,26 @@ def _run_flow(
             run_watch.end_now(code)  # the flow is stuck in Prefect's retries
         return code
 
+    parameters = entry.parameters(vars(args), repo)
+
     def call() -> Any:
         with _local_heartbeats():
-            return flow(**entry.parameters(vars(args), repo))
+            return flow(**parameters)
 
-    watched = run_watch.watch(
-        call,
-        api_url,
-        run_watch.wait_seconds(),
-        lambda: local_end(ended=False),
-    )
+    from cicd.git import ahead
+
+    if entry.takes_repo and repo is not None and isinstance(ref, str):
+        # While Prefect's engine creates the run, its checkout goes on (cicd/git/ahead.py).
+        ahead.start(repo, ref)
+    try:
+        watched = run_watch.watch(
+            call,
+            api_url,
+            run_watch.wait_seconds(),
+            lambda: local_end(ended=False),
+        )
+    finally:
+        ahead.discard()
     if watched.interrupted and _lost_to_the_outage(watched.error):
         return None, local_end(ended=True)
     if isinstance(watched.error, PipelineFailed):
