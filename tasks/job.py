@@ -23,6 +23,7 @@ from cicd.runs import PipelineRun
 from cicd.sandbox import kill_note
 from cicd.sandbox_step import confine_step
 from tasks import progress
+from tasks.core_shares import SHARES
 from tasks.step_logs import StepLog, run_logger
 
 
@@ -131,16 +132,20 @@ def run_step(
     job_name = job or (log_path.stem if log_path is not None else "job")
     live = StepLog(job_name, name, shown or " ".join(argv), log_path, run_logger())
     try:
-        # Confined (cicd/sandbox.py): the step sees its workspace, not the worker.
-        with confine_step(argv, cwd, env) as (confined_argv, confined_env):
-            result = command.run(
-                confined_argv,
-                cwd=cwd,
-                env=confined_env,
-                timeout=deadline.remaining(),
-                log_path=log_path,
-                on_line=live.line,
-            )
+        # A share of the cores (tasks/core_shares.py), then confined
+        # (cicd/sandbox.py): the step sees its workspace, not the worker.
+        with SHARES.step(job_name, timeout=deadline.remaining()) as granted:
+            if not granted:
+                return _not_started(name, argv, started, "no core was free before the deadline")
+            with confine_step(argv, cwd, env) as (confined_argv, confined_env):
+                result = command.run(
+                    confined_argv,
+                    cwd=cwd,
+                    env=confined_env,
+                    timeout=deadline.remaining(),
+                    log_path=log_path,
+                    on_line=live.line,
+                )
     except FileNotFoundError as exc:
         live.logger.error("%s: %s", live.prefix, exc)
         progress.step_finished(name, 127, time.monotonic() - started, False)
@@ -160,6 +165,12 @@ def run_step(
         timed_out=result.timed_out,
         output_tail=result.tail(40),
     )
+
+
+def _not_started(name: str, argv: Sequence[str], started: float, why: str) -> StepResult:
+    waited = time.monotonic() - started
+    progress.step_finished(name, -1, waited, True)
+    return StepResult(name, " ".join(argv), -1, waited, timed_out=True, output_tail=why)
 
 
 def state_of(steps: Sequence[StepResult]) -> JobState:

@@ -41,6 +41,7 @@ from cicd.errors import BadInput, CicdError, InfrastructureError, retry_on_infra
 from cicd.results import JobResult, JobState
 from cicd.runs import PipelineRun
 from tasks import deferred, progress
+from tasks.core_shares import SHARES
 from tasks.environments import ready
 from tasks.job import Deadline, Job, JobContext, JobInputs, JobSkipped
 
@@ -106,7 +107,8 @@ def execute(job: Job, context: JobContext) -> JobResult:
     try:
         # A job planned on the cache's word that runs after all: its environment
         # is checked (or built) first; a commit that does not build fails here.
-        result = ready(job).run(context)
+        with SHARES.job(job.name):
+            result = ready(job).run(context)
     except (InfrastructureError, BadInput):
         raise
     except JobSkipped as exc:
