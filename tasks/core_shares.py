@@ -77,11 +77,7 @@ class CoreShares:
         try:
             yield
         finally:
-            with self._changed:
-                self._jobs[name] -= 1
-                if not self._jobs[name]:
-                    del self._jobs[name]
-                self._changed.notify_all()
+            self._leave(self._jobs, name)
 
     @contextlib.contextmanager
     def step(self, job: str, timeout: float | None = None) -> Iterator[bool]:
@@ -100,11 +96,15 @@ class CoreShares:
         try:
             yield True
         finally:
-            with self._changed:
-                self._running[job] -= 1
-                if not self._running[job]:
-                    del self._running[job]
-                self._changed.notify_all()
+            self._leave(self._running, job)
+
+    def _leave(self, counts: Counter[str], name: str) -> None:
+        """One fewer of ``name`` in ``counts``; the waiting steps look again."""
+        with self._changed:
+            counts[name] -= 1
+            if not counts[name]:
+                del counts[name]
+            self._changed.notify_all()
 
 
 SHARES = CoreShares()
