@@ -123,14 +123,19 @@ def test_double_cost_is_a_regression_naming_the_benchmark(suite: tuple[Path, Bas
     assert [row.key for row in comparison.regressions] == [HOT]
     row = comparison.regressions[0]
     assert row.current is not None and row.baseline is not None
-    assert row.current / row.baseline > 1.4, row
     assert row.p_value is not None and row.p_value <= 0.05
     assert not comparison.ok
     # The untouched benchmark is not a regression. It may read as "improved":
-    # the baseline's rounds and these ran minutes apart on a shared machine
-    # (CI saw -34 %, p = 0.008, at a lower load than the baseline's).
+    # the baseline's rounds and these ran apart on a shared machine whose speed
+    # drifts (CI saw -34 %, p = 0.008, at a lower load than the baseline's).
     cold = next(r for r in comparison.rows if r.key == COLD)
     assert cold.verdict in ("ok", "improved"), cold
+    # The doubled cost against the untouched one, which drifted with the machine:
+    # CI once measured test_hot at +33.5 % only, the machine having sped up
+    # between the baseline and these rounds.
+    assert cold.current is not None and cold.baseline is not None
+    drift = cold.current / cold.baseline
+    assert (row.current / row.baseline) / drift > 1.4, (row, cold)
 
     report = render_comparison_markdown(comparison)
     regression_line = next(line for line in report.splitlines() if "REGRESSION" in line)
