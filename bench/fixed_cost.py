@@ -177,26 +177,18 @@ def main() -> None:
     results["medians"] = {name: med(values) for name, values in sorted(samples.items())}
     medians = results["medians"]
     assert isinstance(medians, dict)
-    ratios: dict[str, object] = {
-        f"{mode}_full_to_shell": round(
-            medians[f"{mode}_full_total_s"] / medians["shell_total_s"], 3
-        )
-        for mode in ("warm", "off")
-        if mode in modes
-    }
-    # The measure: the median of the per-round ratios (each round's run
-    # beside the script run just before it), less sensitive to the machine's
-    # drift across rounds than a ratio of medians.
+    ratios: dict[str, object] = {}
     for mode in ("warm", "off"):
-        if mode in modes:
-            pairs = [
-                full / shell
-                for full, shell in zip(
-                    samples[f"{mode}_full_total_s"], samples["shell_total_s"], strict=True
-                )
-            ]
-            ratios[f"{mode}_full_to_shell_median_of_pairs"] = med(pairs)
-            ratios[f"{mode}_full_to_shell_pairs"] = [round(r, 3) for r in pairs]
+        if mode not in modes:
+            continue
+        full, shell = samples[f"{mode}_full_total_s"], samples["shell_total_s"]
+        ratios[f"{mode}_full_to_shell"] = round(medians[f"{mode}_full_total_s"] / med(shell), 3)
+        # The measure: the median of the per-round ratios (each round's run
+        # beside the script run just before it), less sensitive to the machine's
+        # drift across rounds than a ratio of medians.
+        pairs = [f / s for f, s in zip(full, shell, strict=True)]
+        ratios[f"{mode}_full_to_shell_median_of_pairs"] = med(pairs)
+        ratios[f"{mode}_full_to_shell_pairs"] = [round(r, 3) for r in pairs]
     results["ratios"] = ratios
     out = ROOT / "bench" / "results" / "fixed_cost.json"
     out.parent.mkdir(exist_ok=True)

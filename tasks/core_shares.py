@@ -10,8 +10,9 @@ https://man7.org/linux/man-pages/man7/sched.7.html).
 
 The rule, as GNU make's jobserver shares ``-j`` between sub-makes
 (https://www.gnu.org/software/make/manual/html_node/Job-Slots.html): a step
-may start when its job runs no other step, or when fewer steps than cores are
-running. So no job ever waits for another job (its first step always starts,
+may start when its job runs no other step, or when the running steps plus the
+other jobs that are on but between steps (each keeps one core) are fewer than
+the cores. So no job ever waits for another job (its first step always starts,
 and a job's own timeout never counts time spent behind others), and a job's
 extra steps run side by side only on cores no other job uses; when a step
 ends, the next waiting one starts.
