@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cicd.errors import BadInput
-from cicd.git import ahead
+from cicd.git import ahead, remove_workspace
 from cicd.sample import git
 from tests.sample_repos import FAILING_TEST, commit_on_branch
 
@@ -27,6 +27,7 @@ def test_the_task_takes_the_checkout_made_ahead_of_the_same_repo_and_ref(
     # The failing commit's own tree, not main's: its verdict is this commit's.
     assert (taken.path / "tests" / "unit" / "test_ahead_failing.py").read_text() == FAILING_TEST
     assert ahead.take(str(repo), "ahead-failing") is None  # taken once: a retry checks out anew
+    remove_workspace(taken.path)
 
 
 def test_an_error_of_the_checkout_ahead_is_raised_by_take(sample_repos: dict[str, Path]) -> None:
